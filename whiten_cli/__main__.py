@@ -1,0 +1,3 @@
+from whiten_cli.cli import main
+
+main()
