@@ -1,0 +1,87 @@
+"""BERT-whitening: x ↦ (x − βμ) · U · Λ^(−γ/2), keeping the first k columns.
+
+β = γ = 1 is the paper's whitening (Su et al. 2021); γ < 1 whitens softly, γ = 0 only rotates
+(PCA). Σ = U Λ Uᵀ with eigenvalues in descending order, so the first k columns keep the
+directions of largest variance.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+
+from whiten_cli.errors import WhitenError
+from whiten_cli.stats import GaussianStats
+
+EPSILON = 1e-12  # relative floor for eigenvalues: rank-deficient directions stay finite
+
+
+@dataclass(frozen=True)
+class Eigenbasis:
+    """μ and the eigen-decomposition of Σ: fitted once, sliced into any (k, β, γ)."""
+
+    mean: np.ndarray  # (d,)
+    eigenvalues: np.ndarray  # (d,), descending
+    eigenvectors: np.ndarray  # (d, d), column i belongs to eigenvalue i
+    count: int
+
+    @classmethod
+    def fit(cls, stats: GaussianStats) -> Eigenbasis:
+        if stats.count <= stats.dim:
+            warnings.warn(
+                f"fitting on {stats.count} vectors of dimension {stats.dim}: the covariance is rank-deficient; "
+                f"keep k below {stats.count} or fit on more sentences",
+                stacklevel=2,
+            )
+        values, vectors = np.linalg.eigh(stats.covariance)
+        values, vectors = values[::-1], vectors[:, ::-1]
+        # Fixed signs: the largest-magnitude entry of each eigenvector is positive, so that two
+        # fits on the same data give the same kernel.
+        pivots = np.abs(vectors).argmax(axis=0)
+        vectors = vectors * np.sign(vectors[pivots, np.arange(vectors.shape[1])])
+        return cls(stats.mean, values.copy(), np.ascontiguousarray(vectors), stats.count)
+
+    @property
+    def dim(self) -> int:
+        return self.mean.shape[0]
+
+    def whitening(self, n_components: int | None = None, beta: float = 1.0, gamma: float = 1.0) -> Whitening:
+        k = self.dim if n_components is None else n_components
+        if not 1 <= k <= self.dim:
+            raise WhitenError(f"k must be between 1 and the vector dimension {self.dim}, got {k}")
+        for name, value in (("beta", beta), ("gamma", gamma)):
+            if not 0.0 <= value <= 1.0:
+                raise WhitenError(f"{name} must be in [0, 1], got {value}")
+        floor = EPSILON * max(self.eigenvalues[0], EPSILON)
+        scale = np.maximum(self.eigenvalues[:k], floor) ** (-gamma / 2)
+        return Whitening(self.mean, self.eigenvectors[:, :k] * scale, beta, gamma)
+
+
+@dataclass(frozen=True)
+class Whitening:
+    """The fitted map: ``transform(x) = (x − β·mean) @ kernel``; kernel is (d, k)."""
+
+    mean: np.ndarray
+    kernel: np.ndarray
+    beta: float = 1.0
+    gamma: float = 1.0
+
+    @classmethod
+    def fit(cls, stats: GaussianStats, n_components: int | None = None, beta: float = 1.0, gamma: float = 1.0) -> Whitening:
+        return Eigenbasis.fit(stats).whitening(n_components, beta, gamma)
+
+    @property
+    def input_dim(self) -> int:
+        return self.kernel.shape[0]
+
+    @property
+    def n_components(self) -> int:
+        return self.kernel.shape[1]
+
+    def transform(self, vectors: np.ndarray) -> np.ndarray:
+        x = np.asarray(vectors, dtype=np.float64)
+        if x.ndim != 2 or x.shape[1] != self.input_dim:
+            raise WhitenError(f"whitening expects vectors of dimension {self.input_dim}, got shape {x.shape}")
+        return ((x - self.beta * self.mean) @ self.kernel).astype(np.float32)
