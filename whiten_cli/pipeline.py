@@ -1,0 +1,239 @@
+"""The saved artifact: model reference + pooling + whitening + projection + normalization.
+
+A pipeline folder holds ``pipeline.json`` (metadata: model name and weight fingerprint, pooling,
+max_length, k, β, γ, projection, dims, tool version) and ``arrays.safetensors`` (μ, the whitening
+kernel, the eigenvalues, the projection matrix). Nothing is pickled; the folder is written
+atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from whiten_cli import __version__
+from whiten_cli.errors import WhitenError
+from whiten_cli.projection import RandomProjection
+from whiten_cli.storage import atomic_directory
+from whiten_cli.whitening import Whitening
+
+FORMAT = "whiten-pipeline"
+FORMAT_VERSION = 1
+METADATA_FILE = "pipeline.json"
+ARRAYS_FILE = "arrays.safetensors"
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """Pooled encoder vectors → whitening → projection → L2 normalization."""
+
+    model: str
+    model_fingerprint: str
+    pooling: str
+    max_length: int
+    input_dim: int
+    whitening: Whitening | None = None
+    projection: RandomProjection | None = None
+    normalize: bool = True
+    eigenvalues: np.ndarray | None = None
+    info: dict = field(default_factory=dict)  # free-form provenance: corpus, sentence count, ...
+
+    @property
+    def output_dim(self) -> int:
+        if self.projection is not None:
+            return self.projection.n_components
+        if self.whitening is not None:
+            return self.whitening.n_components
+        return self.input_dim
+
+    def transform(self, vectors: np.ndarray) -> np.ndarray:
+        """Apply the fitted stages to pooled vectors (float32 out)."""
+        x = np.asarray(vectors, dtype=np.float32)
+        if x.ndim != 2 or x.shape[1] != self.input_dim:
+            raise WhitenError(f"pipeline expects vectors of dimension {self.input_dim}, got shape {x.shape}")
+        if self.whitening is not None:
+            x = self.whitening.transform(x)
+        if self.projection is not None:
+            x = self.projection.transform(x)
+        if self.normalize:
+            norms = np.linalg.norm(x, axis=1, keepdims=True)
+            x = x / np.maximum(norms, np.finfo(np.float32).tiny)
+        return x.astype(np.float32, copy=False)
+
+    def encoder(self, model: str | None = None, **options):
+        """An Encoder for this pipeline's model and pooling; refuses a model with other weights."""
+        from whiten_cli.encoder import Encoder, resolve_model
+
+        source = resolve_model(model or self.model)
+        self.check_model(source.fingerprint, source.name)
+        return Encoder(str(source.path), pooling=self.pooling, max_length=self.max_length, **options)
+
+    def check_model(self, fingerprint: str, name: str) -> None:
+        if fingerprint != self.model_fingerprint:
+            raise WhitenError(
+                f"model {name} (weights {fingerprint}) is not the model this pipeline was fitted on "
+                f"({self.model}, weights {self.model_fingerprint}); refit with `whiten fit` for this model"
+            )
+
+    def encode(self, texts: Sequence[str], encoder, **options) -> np.ndarray:
+        """Encode and transform ``texts`` with an encoder from :meth:`encoder`."""
+        return self.transform(encoder.encode(texts, **options))
+
+    def metadata(self) -> dict:
+        whitening = None
+        if self.whitening is not None:
+            whitening = {"k": self.whitening.n_components, "beta": self.whitening.beta, "gamma": self.whitening.gamma}
+        projection = None
+        if self.projection is not None:
+            projection = {"kind": "gaussian-jl", "n": self.projection.n_components, "seed": self.projection.seed}
+        return {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "tool_version": __version__,
+            "model": {"name": self.model, "fingerprint": self.model_fingerprint},
+            "pooling": self.pooling,
+            "max_length": self.max_length,
+            "input_dim": self.input_dim,
+            "output_dim": self.output_dim,
+            "whitening": whitening,
+            "projection": projection,
+            "normalize": self.normalize,
+            "info": self.info,
+        }
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        from safetensors.numpy import save_file
+
+        arrays = {}
+        if self.whitening is not None:
+            arrays["mean"] = self.whitening.mean.astype(np.float64)
+            arrays["kernel"] = self.whitening.kernel.astype(np.float64)
+        if self.eigenvalues is not None:
+            arrays["eigenvalues"] = np.asarray(self.eigenvalues, dtype=np.float64)
+        if self.projection is not None:
+            arrays["projection"] = self.projection.matrix
+        with atomic_directory(path) as tmp:
+            (tmp / METADATA_FILE).write_text(json.dumps(self.metadata(), indent=2) + "\n", encoding="utf-8")
+            save_file({name: np.ascontiguousarray(a) for name, a in arrays.items()}, str(tmp / ARRAYS_FILE),
+                      metadata={"format": FORMAT})
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> Pipeline:
+        from safetensors import SafetensorError
+        from safetensors.numpy import load_file
+
+        folder = Path(path)
+        if not folder.is_dir():
+            raise WhitenError(f"{folder}: pipeline folder does not exist (create one with `whiten fit`)")
+        for name in (METADATA_FILE, ARRAYS_FILE):
+            if not (folder / name).is_file():
+                raise WhitenError(f"{folder}: not a complete pipeline folder ({name} is missing)")
+        meta_file = folder / METADATA_FILE
+        try:
+            meta = json.loads(meta_file.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise WhitenError(f"{meta_file}: not valid pipeline metadata ({exc})") from None
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+            raise WhitenError(f"{meta_file}: not a whiten pipeline (format is not {FORMAT!r})")
+        if meta.get("format_version", 0) > FORMAT_VERSION:
+            raise WhitenError(f"{meta_file}: written by a newer whiten (format {meta['format_version']}); upgrade whiten")
+        try:
+            arrays = load_file(str(folder / ARRAYS_FILE))
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise WhitenError(f"{folder / ARRAYS_FILE}: unreadable ({exc})") from None
+        try:
+            whitening = None
+            if meta["whitening"] is not None:
+                w = meta["whitening"]
+                whitening = Whitening(arrays["mean"], arrays["kernel"], float(w["beta"]), float(w["gamma"]))
+            projection = None
+            if meta["projection"] is not None:
+                projection = RandomProjection(arrays["projection"], int(meta["projection"]["seed"]))
+            pipeline = cls(
+                model=meta["model"]["name"],
+                model_fingerprint=meta["model"]["fingerprint"],
+                pooling=meta["pooling"],
+                max_length=int(meta["max_length"]),
+                input_dim=int(meta["input_dim"]),
+                whitening=whitening,
+                projection=projection,
+                normalize=bool(meta["normalize"]),
+                eigenvalues=arrays.get("eigenvalues"),
+                info=meta.get("info", {}),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise WhitenError(f"{meta_file}: incomplete pipeline metadata (missing {exc})") from None
+        if pipeline.output_dim != meta.get("output_dim"):
+            raise WhitenError(f"{folder}: arrays do not match the metadata (output_dim {meta.get('output_dim')})")
+        return pipeline
+
+
+@dataclass(frozen=True)
+class FitOptions:
+    """What ``whiten fit`` fits: whitening to k dims with (β, γ), then an optional JL projection."""
+
+    n_components: int | None = None  # None keeps every dimension
+    beta: float = 1.0
+    gamma: float = 1.0
+    whiten: bool = True
+    jl_dim: int | None = None
+    seed: int = 0
+    normalize: bool = True
+
+
+def fit_pipeline(
+    texts: Sequence[str],
+    encoder,
+    options: FitOptions,
+    *,
+    chunk_size: int = 4096,
+    progress=None,
+    info: dict | None = None,
+) -> Pipeline:
+    """Encode ``texts`` chunk by chunk into streaming statistics, then fit whitening/projection.
+
+    Only one chunk of vectors is in memory at a time, so a corpus of any size fits in a
+    fixed amount of memory (its texts aside).
+    """
+    from whiten_cli.stats import GaussianStats
+    from whiten_cli.whitening import Eigenbasis
+
+    if not options.whiten and options.jl_dim is None:
+        raise WhitenError("nothing to fit: --no-whiten needs --jl-dim")
+    if options.n_components is not None and not 1 <= options.n_components <= encoder.dim:
+        raise WhitenError(f"-k must be between 1 and the model's dimension {encoder.dim}, got {options.n_components}")
+    whitening = eigenvalues = None
+    if options.whiten:
+        stats = GaussianStats.empty(encoder.dim)
+        done = 0
+        for start in range(0, len(texts), chunk_size):
+            chunk = texts[start : start + chunk_size]
+            stats.update(encoder.encode(chunk))
+            done += len(chunk)
+            if progress:
+                progress(done, len(texts))
+        basis = Eigenbasis.fit(stats)
+        whitening = basis.whitening(options.n_components, options.beta, options.gamma)
+        eigenvalues = basis.eigenvalues
+    projection = None
+    if options.jl_dim is not None:
+        input_dim = whitening.n_components if whitening is not None else encoder.dim
+        projection = RandomProjection.create(input_dim, options.jl_dim, options.seed)
+    return Pipeline(
+        model=encoder.source.name,
+        model_fingerprint=encoder.source.fingerprint,
+        pooling=encoder.pooling,
+        max_length=encoder.max_length,
+        input_dim=encoder.dim,
+        whitening=whitening,
+        projection=projection,
+        normalize=options.normalize,
+        eigenvalues=eigenvalues,
+        info={"fitted_on": len(texts), **(info or {})},
+    )
