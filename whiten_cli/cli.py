@@ -201,6 +201,121 @@ def encode(
     typer.echo(f"wrote {vectors.shape[0]} vectors of dimension {vectors.shape[1]} to {output}")
 
 
+def _split_list(values: list[str] | None) -> list[str]:
+    """Repeated options and comma lists alike: -k 64 -k 128,256 → ["64", "128", "256"]."""
+    return [item.strip() for value in values or [] for item in value.split(",") if item.strip()]
+
+
+def _numbers(values: list[str], flag: str, kind: type) -> list:
+    parsed = []
+    for value in values:
+        if kind is int and value.lower() == "all":
+            parsed.append(None)
+            continue
+        try:
+            parsed.append(kind(value))
+        except ValueError:
+            raise WhitenError(f"{flag}: {value!r} is not a{'n integer' if kind is int else ' number'}") from None
+    return parsed
+
+
+@app.command("eval")
+def eval_(
+    datasets: Annotated[list[str], typer.Argument(help="STS data: names (stsb, stsb-dev, sick, sts12..sts16, stsb-zh, atec, bq, lcqmc, pawsx) under $WHITEN_STS_DIR, or files/folders.")],
+    pipeline_dir: Annotated[Optional[Path], typer.Option("--pipeline", help="Evaluate a fitted pipeline folder against raw vectors.")] = None,
+    fit_on: Annotated[str, typer.Option("--fit-on", help="Fit whitening on 'target' (each dataset's own sentences, as the paper) or on a corpus file.")] = "target",
+    model: ModelOpt = None,
+    pooling: Annotated[Optional[list[str]], typer.Option("--pooling", "-p", help="Pooling(s) to compare, repeated or comma-separated.")] = None,
+    k: Annotated[Optional[list[str]], typer.Option("-k", "--dim", help="Dimensions kept, repeated or comma-separated; 'all' keeps every one [default: all].")] = None,
+    gamma: Annotated[Optional[list[str]], typer.Option("--gamma", help="Whitening strength(s) γ in [0, 1] [default: 1].")] = None,
+    beta: Annotated[Optional[float], typer.Option("--beta", help="Mean removed: x − βμ, in [0, 1] [default: 1].")] = None,
+    field: FieldOpt = None,
+    max_length: MaxLengthOpt = None,
+    batch_size: BatchOpt = None,
+    device: DeviceOpt = "cpu",
+    dtype: DtypeOpt = None,
+    config: ConfigOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON instead of a table.")] = False,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Also save the figures as JSON here.")] = None,
+    plot: Annotated[Optional[Path], typer.Option("--plot", help="Save a PNG of Spearman against k here.")] = None,
+) -> None:
+    """Spearman × 100 of cosine similarity on STS benchmarks: raw against whitened, side by side."""
+    import json
+
+    from whiten_cli import __version__
+    from whiten_cli.benchmarks import load_dataset
+    from whiten_cli.encoder import check_pooling
+    from whiten_cli.evaluate import RAW, Variant, plot_spearman_vs_k, run_evaluation
+    from whiten_cli.readers import read_texts
+    from whiten_cli.storage import atomic_write
+
+    s = _settings(config, model=model, beta=beta, max_length=max_length, batch_size=batch_size, dtype=dtype)
+    poolings = [check_pooling(p) for p in _split_list(pooling)]
+    loaded = [load_dataset(spec) for spec in datasets]
+    pipe = None
+    if pipeline_dir is not None:
+        from whiten_cli.pipeline import Pipeline
+
+        if k or gamma or fit_on != "target":
+            raise WhitenError("--pipeline evaluates a fitted pipeline as it is: drop -k, --gamma and --fit-on")
+        pipe = Pipeline.load(pipeline_dir)
+        if poolings and poolings != [pipe.pooling]:
+            raise WhitenError(f"{pipeline_dir}: fitted with {pipe.pooling} pooling, not {', '.join(poolings)}")
+        encoder = pipe.encoder(model, batch_size=s["batch_size"], device=device, dtype=s["dtype"])
+        poolings, variants = [pipe.pooling], [RAW]
+        fit_source: str | list[str] = "target"
+    else:
+        ks = _numbers(_split_list(k), "-k", int) or [s.get("k")]
+        gammas = _numbers(_split_list(gamma), "--gamma", float) or [s["gamma"]]
+        variants = [RAW] + [Variant(n, s["beta"], g) for n in ks for g in gammas]
+        encoder = _encoder({**s, "pooling": poolings[0] if poolings else s.get("pooling")}, device)
+        poolings = poolings or [encoder.pooling]
+        for n in ks:
+            if n is not None and not 1 <= n <= encoder.dim:
+                raise WhitenError(f"-k must be between 1 and the model's dimension {encoder.dim}, got {n}")
+        fit_source = "target" if fit_on == "target" else read_texts(Path(fit_on), field=field, skip_empty=True)
+    total = sum(2 * d.pairs for d in loaded) + (0 if isinstance(fit_source, str) else len(fit_source))
+    with _ProgressBar("encoding") as bar:
+        rows = run_evaluation(loaded, encoder, poolings, variants, fit_on=fit_source, pipeline=pipe, progress=bar)
+    _report_truncation(encoder, total)
+    report = {
+        "tool_version": __version__,
+        "model": {"name": encoder.source.name, "fingerprint": encoder.source.fingerprint},
+        "max_length": encoder.max_length,
+        "fit_on": str(pipeline_dir) if pipe is not None else fit_on,
+        "rows": [row.__dict__ for row in rows],
+    }
+    if output is not None:
+        atomic_write(output, lambda tmp: tmp.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8"))
+    if plot is not None:
+        plot_spearman_vs_k(rows, plot, encoder.dim)
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+    else:
+        typer.echo(_table(rows))
+
+
+def _table(rows) -> str:
+    """Plain text: a block per dataset and pooling, subsets down, variants across."""
+    blocks = []
+    groups: dict[tuple[str, str], list] = {}
+    for row in rows:
+        groups.setdefault((row.dataset, row.pooling), []).append(row)
+    for (dataset, pooling), group in groups.items():
+        variants = list(dict.fromkeys(row.variant for row in group))
+        subsets = list(dict.fromkeys(row.subset for row in group))
+        figures = {(row.subset, row.variant): row.spearman for row in group}
+        pairs = {row.subset: row.pairs for row in group}
+        width = max(len(name) for name in subsets + ["subset"]) + 2
+        lines = [f"{dataset} · {pooling} pooling · Spearman × 100",
+                 "subset".ljust(width) + "pairs".rjust(7) + "".join(v.rjust(14) for v in variants)]
+        for subset in subsets:
+            cells = "".join(f"{figures[(subset, v)]:14.2f}" for v in variants)
+            lines.append(subset.ljust(width) + str(pairs[subset]).rjust(7) + cells)
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

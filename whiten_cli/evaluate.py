@@ -99,3 +99,147 @@ def aggregate(scores: dict[str, Score], pooled: Score | None) -> dict[str, float
     if pooled is not None:
         result = {"all": pooled.spearman, **result}
     return result
+
+
+# Running an evaluation: encode every sentence once, then score raw and whitened variants.
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One column of an evaluation: raw vectors, or whitening with (k, β, γ)."""
+
+    n_components: int | None = None  # None: every dimension
+    beta: float = 1.0
+    gamma: float = 1.0
+    whiten: bool = True
+
+    @property
+    def label(self) -> str:
+        if not self.whiten:
+            return "raw"
+        label = f"k={self.n_components or 'all'}"
+        if self.gamma != 1.0:
+            label += f" γ={self.gamma:g}"
+        if self.beta != 1.0:
+            label += f" β={self.beta:g}"
+        return label
+
+
+RAW = Variant(whiten=False)
+
+
+@dataclass(frozen=True)
+class Row:
+    """One figure: a dataset's subset (or a named aggregate) under a pooling and a variant."""
+
+    dataset: str
+    subset: str  # a subset's name, or "all" / "mean" / "wmean" for the aggregates
+    pooling: str
+    variant: str
+    spearman: float
+    pearson: float | None
+    pairs: int
+
+
+def score_dataset(dataset, vectors: np.ndarray) -> dict[str, Score]:
+    """Scores per subset, plus the aggregates ("all", "mean", "wmean") when there are several."""
+    halves = dataset.split(vectors)
+    scores = {subset.name: score_pairs(u, v, subset.scores) for subset, (u, v) in zip(dataset.subsets, halves)}
+    if len(dataset.subsets) == 1:
+        return scores
+    pooled = score_pairs(
+        np.concatenate([u for u, _ in halves]),
+        np.concatenate([v for _, v in halves]),
+        np.concatenate([subset.scores for subset in dataset.subsets]),
+    )
+    named = aggregate(scores, pooled)
+    scores["all"] = pooled
+    for name in ("mean", "wmean"):
+        scores[name] = Score(named[name], float("nan"), dataset.pairs)
+    return scores
+
+
+def run_evaluation(
+    datasets: list,
+    encoder,
+    poolings: list[str],
+    variants: list[Variant],
+    *,
+    fit_on: str | list[str] = "target",
+    pipeline=None,
+    progress=None,
+) -> list[Row]:
+    """Score every dataset under every pooling and variant, encoding each sentence once.
+
+    ``fit_on="target"`` fits whitening on each dataset's own sentences (as the paper does);
+    a list of texts fits it once on that corpus. With ``pipeline`` (a fitted Pipeline), the
+    variants are raw and the pipeline itself, and ``poolings`` must be the pipeline's.
+    """
+    from whiten_cli.stats import GaussianStats
+    from whiten_cli.whitening import Eigenbasis
+
+    corpus = [] if isinstance(fit_on, str) else list(fit_on)
+    texts = [text for dataset in datasets for text in dataset.sentences] + corpus
+    encoded = encoder.encode_poolings(texts, poolings, progress=progress)
+    rows: list[Row] = []
+    for pooling in poolings:
+        vectors = encoded[pooling]
+        corpus_basis = None
+        if corpus and pipeline is None:
+            corpus_basis = Eigenbasis.fit(GaussianStats.of(vectors[len(texts) - len(corpus):]))
+        start = 0
+        for dataset in datasets:
+            own = vectors[start : start + 2 * dataset.pairs]
+            start += 2 * dataset.pairs
+            columns: dict[str, np.ndarray] = {}
+            if pipeline is not None:
+                columns = {RAW.label: own, "pipeline": pipeline.transform(own)}
+            else:
+                basis = corpus_basis
+                for variant in variants:
+                    if not variant.whiten:
+                        columns[variant.label] = own
+                        continue
+                    if basis is None:
+                        basis = Eigenbasis.fit(GaussianStats.of(own))
+                    columns[variant.label] = basis.whitening(variant.n_components, variant.beta, variant.gamma).transform(own)
+            for label, column in columns.items():
+                for subset, score in score_dataset(dataset, column).items():
+                    pearson = None if np.isnan(score.pearson) else score.pearson
+                    rows.append(Row(dataset.name, subset, pooling, label, score.spearman, pearson, score.pairs))
+    return rows
+
+
+def plot_spearman_vs_k(rows: list[Row], path, dims: int) -> None:
+    """A PNG of Spearman against k: one line per dataset, pooling and (β, γ); raw as a dashed level."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from whiten_cli.storage import atomic_write
+
+    headline = [row for row in rows if row.subset in ("all", row.dataset)]
+    figure, axes = plt.subplots(figsize=(7, 4.5))
+    curves: dict[tuple[str, str, str], list[tuple[int, float]]] = {}
+    for row in headline:
+        if row.variant == "raw":
+            axes.axhline(row.spearman, linestyle="--", linewidth=1, color="grey")
+            axes.annotate(f"raw {row.dataset} {row.pooling}", (0, row.spearman), fontsize=7, color="grey",
+                          xycoords=("axes fraction", "data"), va="bottom")
+            continue
+        k_label, _, rest = row.variant.partition(" ")
+        k = dims if k_label == "k=all" else int(k_label[2:])
+        curves.setdefault((row.dataset, row.pooling, rest), []).append((k, row.spearman))
+    for (dataset, pooling, rest), points in curves.items():
+        points.sort()
+        axes.plot([k for k, _ in points], [rho for _, rho in points], marker="o",
+                  label=" ".join(filter(None, (dataset, pooling, rest or "γ=1"))))
+    axes.set_xlabel("k (dimensions kept after whitening)")
+    axes.set_ylabel("Spearman × 100")
+    axes.grid(alpha=0.3)
+    if curves:
+        axes.legend(fontsize=8)
+    figure.tight_layout()
+    atomic_write(path, lambda tmp: figure.savefig(tmp, format="png", dpi=120))
+    plt.close(figure)
