@@ -152,7 +152,8 @@ def _column_index(path, header: list[str], name: str | None, defaults: tuple[str
 def _read_table(path, kind: str, field: str | None, id_field: str | None, skip_empty: bool) -> list[Record]:
     lines = iter_lines(path)
     if kind == "csv":
-        reader = csv.reader(line for _, line in lines)
+        # Line ends go back in, so that a quoted field spanning lines keeps its newline (RFC 4180).
+        reader = csv.reader(line + "\n" for _, line in lines)
         rows = ((reader.line_num, row) for row in reader)
     else:
         rows = ((number, line.split("\t")) for number, line in lines)
