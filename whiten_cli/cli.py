@@ -18,11 +18,16 @@ from whiten_cli.errors import WhitenError
 
 
 class _Group(TyperGroup):
-    """Prints a WhitenError as one line on stderr and exits with code 2, without a traceback."""
+    """Prints a WhitenError as one line on stderr and exits with code 2, without a traceback;
+    warnings are one line too."""
 
     def invoke(self, ctx: click.Context):
+        import warnings
+
         try:
-            return super().invoke(ctx)
+            with warnings.catch_warnings():
+                warnings.showwarning = lambda message, *_, **__: typer.echo(f"warning: {message}", err=True)
+                return super().invoke(ctx)
         except WhitenError as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from None
