@@ -205,7 +205,7 @@ class Encoder:
             check_pooling(pooling)
         unique, inverse = np.unique(np.asarray(texts, dtype=object), return_inverse=True)
         unique_texts = [str(text) for text in unique]
-        ids = self._tokenize(unique_texts)
+        ids = self._tokenize(unique_texts, np.bincount(inverse.reshape(-1), minlength=len(unique_texts)))
         order = np.argsort([-len(seq) for seq in ids], kind="stable")
         outputs = {pooling: np.empty((len(unique_texts), self.dim), dtype=np.float32) for pooling in poolings}
         done = 0
@@ -220,8 +220,12 @@ class Encoder:
                     progress(done, len(unique_texts))
         return {pooling: vectors[inverse.reshape(-1)] for pooling, vectors in outputs.items()}
 
-    def _tokenize(self, texts: list[str]) -> list[list[int]]:
-        """Token ids per text, cut to ``max_length`` keeping the closing special tokens."""
+    def _tokenize(self, texts: list[str], counts: Sequence[int] | None = None) -> list[list[int]]:
+        """Token ids per text, cut to ``max_length`` keeping the closing special tokens.
+
+        ``counts[i]`` is how many input texts ``texts[i]`` stands for (duplicates are encoded once
+        but each counts as truncated).
+        """
         ids = self._tokenizer(texts, add_special_tokens=True, truncation=False, return_attention_mask=False,
                               return_token_type_ids=False, verbose=False)["input_ids"]
         special = set(self._tokenizer.all_special_ids)
@@ -231,7 +235,7 @@ class Encoder:
                 while tail < 2 and tail < len(seq) and seq[len(seq) - 1 - tail] in special:
                     tail += 1
                 ids[i] = seq[: self.max_length - tail] + (seq[len(seq) - tail :] if tail else [])
-                self.truncated += 1
+                self.truncated += 1 if counts is None else int(counts[i])
         return ids
 
     def _forward(self, batch: list[list[int]], poolings: Sequence[str]) -> dict[str, np.ndarray]:
