@@ -107,8 +107,14 @@ class Pipeline:
         }
 
     def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the pipeline folder atomically; an existing pipeline folder is replaced whole.
+
+        Anything else already at ``path`` (a file, a folder that is not a pipeline) is refused
+        rather than replaced: ``-o data`` or ``-o corpus.txt`` must not delete the user's files.
+        """
         from safetensors.numpy import save_file
 
+        check_output_folder(path)
         arrays = {}
         if self.whitening is not None:
             arrays["mean"] = self.whitening.mean.astype(np.float64)
@@ -172,6 +178,17 @@ class Pipeline:
         if pipeline.output_dim != meta.get("output_dim"):
             raise WhitenError(f"{folder}: arrays do not match the metadata (output_dim {meta.get('output_dim')})")
         return pipeline
+
+
+def check_output_folder(path: str | os.PathLike[str]) -> None:
+    """Refuse to write a pipeline over something that is not an (empty or) pipeline folder."""
+    target = Path(path)
+    if not target.exists():
+        return
+    if not target.is_dir():
+        raise WhitenError(f"{target}: exists and is not a folder; refusing to replace it with a pipeline (choose another --output)")
+    if any(target.iterdir()) and not (target / METADATA_FILE).is_file():
+        raise WhitenError(f"{target}: folder exists and is not a pipeline; refusing to replace its contents (choose another --output)")
 
 
 @dataclass(frozen=True)
