@@ -239,3 +239,39 @@ def test_pipeline_encoder_checks_the_model(tmp_path, encoder, tiny_model, other_
     np.testing.assert_allclose(loaded.encode(texts, again), pipeline.transform(encoder.encode(texts)), atol=1e-6)
     with pytest.raises(WhitenError, match="not the model this pipeline was fitted on"):
         loaded.encoder(str(other_tiny_model))
+
+
+def test_save_refuses_to_replace_other_things(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "notes.txt").write_text("precious")
+    with pytest.raises(WhitenError, match="not a pipeline") as info:
+        make_pipeline().save(data)
+    assert str(data) in str(info.value)
+    assert [p.name for p in data.iterdir()] == ["notes.txt"]
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("a sentence\n")
+    with pytest.raises(WhitenError, match="not a folder"):
+        make_pipeline().save(corpus)
+    assert corpus.read_text() == "a sentence\n"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert Pipeline.load(make_pipeline().save(empty)).output_dim == 4  # an empty folder is fine
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus.txt", "data", "empty"]
+
+
+def test_saved_files_get_ordinary_permissions(tmp_path):
+    import os
+    import stat
+
+    from whiten_cli.storage import save_npy
+
+    mask = os.umask(0o022)
+    try:
+        folder = make_pipeline().save(tmp_path / "pipe")
+        npy = save_npy(tmp_path / "v.npy", np.zeros((2, 3), dtype=np.float32))
+    finally:
+        os.umask(mask)
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o755  # not mkdtemp's 0700
+    for path in (*folder.iterdir(), npy):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644, path  # not mkstemp's 0600
