@@ -245,6 +245,19 @@ def test_encode_output_must_be_npy(tiny_model, corpus, tmp_path):
     assert_nothing_written(tmp_path / "v.txt")
 
 
+def test_encode_output_that_cannot_be_written(tiny_model, corpus, tmp_path):
+    folder = tmp_path / "vectors.npy"
+    folder.mkdir()
+    assert_one_line_error(run("encode", corpus, "-o", folder, "--model", tiny_model, "--pooling", "cls"),
+                          str(folder), "folder")
+    assert folder.is_dir() and not any(folder.iterdir())
+    under_file = tmp_path / "corpus.txt" / "v.npy"
+    write(tmp_path / "corpus.txt", "x\n")
+    assert_one_line_error(run("encode", corpus, "-o", under_file, "--model", tiny_model, "--pooling", "cls"),
+                          str(under_file))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus.txt", "vectors.npy"]
+
+
 def test_unknown_pooling(tiny_model, corpus, tmp_path):
     assert_one_line_error(run("encode", corpus, "-o", tmp_path / "v.npy", "--model", tiny_model, "--pooling", "avg"),
                           "unknown pooling")
