@@ -203,6 +203,8 @@ class Encoder:
 
         for pooling in poolings:
             check_pooling(pooling)
+        if len(texts) == 0:
+            return {pooling: np.empty((0, self.dim), dtype=np.float32) for pooling in poolings}
         unique, inverse = np.unique(np.asarray(texts, dtype=object), return_inverse=True)
         unique_texts = [str(text) for text in unique]
         ids = self._tokenize(unique_texts, np.bincount(inverse.reshape(-1), minlength=len(unique_texts)))
