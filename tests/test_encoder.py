@@ -132,6 +132,12 @@ def test_duplicates_give_identical_rows(encoder):
     assert calls[-1] == (2, 2)  # two distinct texts
 
 
+def test_no_texts_give_no_rows(encoder):
+    assert encoder.encode([]).shape == (0, HIDDEN)
+    assert {p: v.shape for p, v in encoder.encode_poolings([], ["cls", "last2avg"]).items()} == {
+        "cls": (0, HIDDEN), "last2avg": (0, HIDDEN)}
+
+
 def test_sentence_transformers_model_pooling(tiny_st_model, tiny_model):
     pooling = read_model_pooling(tiny_st_model)
     assert pooling == ModelPooling(mode="mean", normalize=True, transformer_subfolder="")
