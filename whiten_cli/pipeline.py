@@ -147,6 +147,8 @@ class Pipeline:
             raise WhitenError(f"{meta_file}: not valid pipeline metadata ({exc})") from None
         if not isinstance(meta, dict) or meta.get("format") != FORMAT:
             raise WhitenError(f"{meta_file}: not a whiten pipeline (format is not {FORMAT!r})")
+        if not isinstance(meta.get("format_version", 0), int):
+            raise WhitenError(f"{meta_file}: not valid pipeline metadata (format_version {meta['format_version']!r})")
         if meta.get("format_version", 0) > FORMAT_VERSION:
             raise WhitenError(f"{meta_file}: written by a newer whiten (format {meta['format_version']}); upgrade whiten")
         try:
