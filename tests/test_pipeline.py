@@ -119,6 +119,8 @@ def test_load_folder_missing_a_file(tmp_path, missing):
         ('{"format": "something-else", "format_version": 1}', "not a whiten pipeline"),
         ('["a", "list"]', "not a whiten pipeline"),
         ('{"format": "whiten-pipeline", "format_version": 99}', "newer"),
+        ('{"format": "whiten-pipeline", "format_version": "1"}', "not valid pipeline metadata"),
+        ('{"format": "whiten-pipeline", "format_version": 1, "whitening": 3}', "incomplete"),
         ('{"format": "whiten-pipeline", "format_version": 1}', "incomplete"),
     ],
 )
