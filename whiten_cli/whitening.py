@@ -29,12 +29,6 @@ class Eigenbasis:
 
     @classmethod
     def fit(cls, stats: GaussianStats) -> Eigenbasis:
-        if stats.count <= stats.dim:
-            warnings.warn(
-                f"fitting on {stats.count} vectors of dimension {stats.dim}: the covariance is rank-deficient; "
-                f"keep k below {stats.count} or fit on more sentences",
-                stacklevel=2,
-            )
         values, vectors = np.linalg.eigh(stats.covariance)
         values, vectors = values[::-1], vectors[:, ::-1]
         # Fixed signs: the largest-magnitude entry of each eigenvector is positive, so that two
@@ -54,6 +48,13 @@ class Eigenbasis:
         for name, value in (("beta", beta), ("gamma", gamma)):
             if not 0.0 <= value <= 1.0:
                 raise WhitenError(f"{name} must be in [0, 1], got {value}")
+        if k > self.count - 1:
+            # n centred vectors span at most n − 1 directions: the rest is noise, scaled up.
+            warnings.warn(
+                f"k={k} but {self.count} vectors span at most {self.count - 1} directions (rank-deficient "
+                f"covariance); keep k below {self.count} or fit on more sentences",
+                stacklevel=2,
+            )
         floor = EPSILON * max(self.eigenvalues[0], EPSILON)
         scale = np.maximum(self.eigenvalues[:k], floor) ** (-gamma / 2)
         return Whitening(self.mean, self.eigenvectors[:, :k] * scale, beta, gamma)
