@@ -113,7 +113,7 @@ def _encoder(settings: dict, device: str):
 
 @app.command()
 def fit(
-    corpus: Annotated[Path, typer.Argument(help="Texts to fit on: .txt (one a line), .jsonl, .csv or .tsv.")],
+    corpus: Annotated[Path, typer.Argument(help="Texts to fit on: .txt (one a line), .jsonl, .csv or .tsv; empty texts are skipped.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Pipeline folder to write.")],
     model: ModelOpt = None,
     pooling: PoolingOpt = None,
@@ -132,12 +132,13 @@ def fit(
     config: ConfigOpt = None,
 ) -> None:
     """Fit whitening (and an optional JL projection) on a corpus; write a pipeline folder."""
-    from whiten_cli.pipeline import FitOptions, fit_pipeline
+    from whiten_cli.pipeline import FitOptions, check_output_folder, fit_pipeline
     from whiten_cli.projection import jl_distortion
     from whiten_cli.readers import read_texts
 
     s = _settings(config, model=model, pooling=pooling, k=k, beta=beta, gamma=gamma, whiten=whiten, jl_dim=jl_dim,
                   seed=seed, normalize=normalize, max_length=max_length, batch_size=batch_size, dtype=dtype)
+    check_output_folder(output)
     texts = read_texts(corpus, field=field, skip_empty=True)
     options = FitOptions(n_components=s.get("k"), beta=s["beta"], gamma=s["gamma"], whiten=s["whiten"],
                          jl_dim=s.get("jl_dim"), seed=s["seed"], normalize=s["normalize"])
@@ -175,6 +176,7 @@ def encode(
     batch_size: BatchOpt = None,
     device: DeviceOpt = "cpu",
     dtype: DtypeOpt = None,
+    config: ConfigOpt = None,
 ) -> None:
     """Encode texts to vectors (.npy): raw pooled vectors, or through a fitted pipeline."""
     from whiten_cli.readers import read_texts
@@ -183,7 +185,7 @@ def encode(
     if output.suffix != ".npy":
         raise WhitenError(f"{output}: the output must be a .npy file")
     texts = read_texts(input, field=field, skip_empty=skip_empty)
-    s = _settings(None, model=model, pooling=pooling, max_length=max_length, batch_size=batch_size, dtype=dtype)
+    s = _settings(config, model=model, pooling=pooling, max_length=max_length, batch_size=batch_size, dtype=dtype)
     if pipeline_dir is not None:
         from whiten_cli.pipeline import Pipeline
 
@@ -200,9 +202,9 @@ def encode(
         raw = encoder.encode(texts, progress=bar)
     _report_truncation(encoder, len(texts))
     vectors = pipe.transform(raw) if pipe is not None else raw
+    save_npy(output, vectors)
     if raw_output is not None:
         save_npy(raw_output, raw)
-    save_npy(output, vectors)
     typer.echo(f"wrote {vectors.shape[0]} vectors of dimension {vectors.shape[1]} to {output}")
 
 
