@@ -9,7 +9,6 @@ whose gold line is empty, Chinese sets are ``s1 \\t s2 \\t label`` with no heade
 from __future__ import annotations
 
 import csv
-import json
 import math
 import os
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from whiten_cli.errors import InputError, WhitenError
-from whiten_cli.readers import iter_lines
+from whiten_cli.readers import iter_json_objects, iter_lines
 
 ENV_VAR = "WHITEN_STS_DIR"
 
@@ -241,15 +240,7 @@ def _load_header_table(
 
 def _load_jsonl(path: Path, name: str, lines: Lines) -> PairSet:
     pairs = []
-    for number, line in lines:
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise InputError(path, f"invalid JSON ({exc.msg})", number) from None
-        if not isinstance(row, dict):
-            raise InputError(path, "expected a JSON object", number)
+    for number, row in iter_json_objects(path, lines):
         for key in ("sentence1", "sentence2"):
             if key not in row:
                 raise InputError(path, f"no field {key!r}", number)

@@ -55,6 +55,7 @@ BatchOpt = Annotated[Optional[int], typer.Option("--batch-size", help="Texts per
 DeviceOpt = Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:1, ...")]
 DtypeOpt = Annotated[Optional[str], typer.Option("--dtype", help="float32, bfloat16 or float16 [default: float32].")]
 ConfigOpt = Annotated[Optional[str], typer.Option("--config", "-c", help="Preset name (default, paper, soft, compact) or a TOML file.")]
+BetaOpt = Annotated[Optional[float], typer.Option("--beta", help="Mean removed: x − βμ, in [0, 1] [default: 1].")]
 SkipEmptyOpt = Annotated[bool, typer.Option("--skip-empty", help="Skip empty texts instead of failing.")]
 
 
@@ -118,7 +119,7 @@ def fit(
     model: ModelOpt = None,
     pooling: PoolingOpt = None,
     k: Annotated[Optional[int], typer.Option("-k", "--dim", help="Dimensions kept after whitening [default: all].")] = None,
-    beta: Annotated[Optional[float], typer.Option("--beta", help="Mean removed: x − βμ, in [0, 1] [default: 1].")] = None,
+    beta: BetaOpt = None,
     gamma: Annotated[Optional[float], typer.Option("--gamma", help="Whitening strength Λ^(−γ/2), in [0, 1] [default: 1].")] = None,
     whiten: Annotated[Optional[bool], typer.Option("--whiten/--no-whiten", help="Fit whitening (--no-whiten: JL projection only).")] = None,
     jl_dim: Annotated[Optional[int], typer.Option("--jl-dim", help="Add a Gaussian JL random projection to this many dimensions.")] = None,
@@ -235,7 +236,7 @@ def eval_(
     pooling: Annotated[Optional[list[str]], typer.Option("--pooling", "-p", help="Pooling(s) to compare, repeated or comma-separated.")] = None,
     k: Annotated[Optional[list[str]], typer.Option("-k", "--dim", help="Dimensions kept, repeated or comma-separated; 'all' keeps every one [default: all].")] = None,
     gamma: Annotated[Optional[list[str]], typer.Option("--gamma", help="Whitening strength(s) γ in [0, 1] [default: 1].")] = None,
-    beta: Annotated[Optional[float], typer.Option("--beta", help="Mean removed: x − βμ, in [0, 1] [default: 1].")] = None,
+    beta: BetaOpt = None,
     field: FieldOpt = None,
     max_length: MaxLengthOpt = None,
     batch_size: BatchOpt = None,

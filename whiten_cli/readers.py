@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -112,9 +112,9 @@ def _read_text(path, skip_empty: bool) -> list[Record]:
     return records
 
 
-def _read_jsonl(path, field: str | None, id_field: str | None, skip_empty: bool) -> list[Record]:
-    records = []
-    for number, line in iter_lines(path):
+def iter_json_objects(path, lines: Iterable[tuple[int, str]] | None = None) -> Iterator[tuple[int, dict]]:
+    """``(line_number, object)`` for each non-blank line of a JSON-lines file."""
+    for number, line in lines if lines is not None else iter_lines(path):
         if not line.strip():
             continue
         try:
@@ -123,6 +123,12 @@ def _read_jsonl(path, field: str | None, id_field: str | None, skip_empty: bool)
             raise InputError(path, f"invalid JSON ({exc.msg})", number) from None
         if not isinstance(row, dict):
             raise InputError(path, "expected a JSON object", number)
+        yield number, row
+
+
+def _read_jsonl(path, field: str | None, id_field: str | None, skip_empty: bool) -> list[Record]:
+    records = []
+    for number, row in iter_json_objects(path):
         key = field or next((name for name in DEFAULT_TEXT_NAMES if name in row), None)
         if key is None or key not in row:
             wanted = f"field {field!r}" if field else f"a text field ({', '.join(DEFAULT_TEXT_NAMES)}; choose with --field)"
