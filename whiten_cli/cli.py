@@ -57,6 +57,7 @@ DtypeOpt = Annotated[Optional[str], typer.Option("--dtype", help="float32, bfloa
 ConfigOpt = Annotated[Optional[str], typer.Option("--config", "-c", help="Preset name (default, paper, soft, compact) or a TOML file.")]
 BetaOpt = Annotated[Optional[float], typer.Option("--beta", help="Mean removed: x − βμ, in [0, 1] [default: 1].")]
 SkipEmptyOpt = Annotated[bool, typer.Option("--skip-empty", help="Skip empty texts instead of failing.")]
+ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", help="CPU threads for the model [default: torch's, one per core]; on a busy machine 1 can be faster.")]
 NoCacheOpt = Annotated[bool, typer.Option("--no-cache", help="Encode every text again; neither read nor write the embedding cache.")]
 CacheDirOpt = Annotated[Optional[Path], typer.Option("--cache-dir", help="Embedding cache folder [default: $WHITEN_CACHE_DIR, else ~/.cache/whiten].")]
 
@@ -115,12 +116,13 @@ def _cache(no_cache: bool, cache_dir: Path | None):
     return cache if cache is not None and cache.enabled else None
 
 
-def _encoder(settings: dict, device: str, no_cache: bool = False, cache_dir: Path | None = None):
+def _encoder(settings: dict, device: str, no_cache: bool = False, cache_dir: Path | None = None,
+             threads: int | None = None):
     from whiten_cli.encoder import Encoder
 
     return Encoder(settings.get("model"), pooling=settings.get("pooling"), max_length=settings["max_length"],
                    batch_size=settings["batch_size"], device=device, dtype=settings["dtype"],
-                   cache=_cache(no_cache, cache_dir))
+                   cache=_cache(no_cache, cache_dir), threads=threads)
 
 
 @app.command()
@@ -142,6 +144,7 @@ def fit(
     device: DeviceOpt = "cpu",
     dtype: DtypeOpt = None,
     config: ConfigOpt = None,
+    threads: ThreadsOpt = None,
     no_cache: NoCacheOpt = False,
     cache_dir: CacheDirOpt = None,
 ) -> None:
@@ -156,7 +159,7 @@ def fit(
     texts = read_texts(corpus, field=field, skip_empty=True)
     options = FitOptions(n_components=s.get("k"), beta=s["beta"], gamma=s["gamma"], whiten=s["whiten"],
                          jl_dim=s.get("jl_dim"), seed=s["seed"], normalize=s["normalize"])
-    encoder = _encoder(s, device, no_cache, cache_dir)
+    encoder = _encoder(s, device, no_cache, cache_dir, threads)
     with _ProgressBar("encoding") as bar:
         pipeline = fit_pipeline(texts, encoder, options, progress=bar, info={"corpus": str(corpus)})
     _report_truncation(encoder, len(texts))
@@ -191,6 +194,7 @@ def encode(
     device: DeviceOpt = "cpu",
     dtype: DtypeOpt = None,
     config: ConfigOpt = None,
+    threads: ThreadsOpt = None,
     no_cache: NoCacheOpt = False,
     cache_dir: CacheDirOpt = None,
 ) -> None:
@@ -211,10 +215,10 @@ def encode(
         if max_length is not None and max_length != pipe.max_length:
             raise WhitenError(f"{pipeline_dir}: fitted with max_length {pipe.max_length}, not {max_length}")
         encoder = pipe.encoder(model, batch_size=s["batch_size"], device=device, dtype=s["dtype"],
-                               cache=_cache(no_cache, cache_dir))
+                               cache=_cache(no_cache, cache_dir), threads=threads)
     else:
         pipe = None
-        encoder = _encoder(s, device, no_cache, cache_dir)
+        encoder = _encoder(s, device, no_cache, cache_dir, threads)
     with _ProgressBar("encoding") as bar:
         raw = encoder.encode(texts, progress=bar)
     _report_truncation(encoder, len(texts))
@@ -262,6 +266,7 @@ def eval_(
     as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON instead of a table.")] = False,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Also save the figures as JSON here.")] = None,
     plot: Annotated[Optional[Path], typer.Option("--plot", help="Save a PNG of Spearman against k here.")] = None,
+    threads: ThreadsOpt = None,
     no_cache: NoCacheOpt = False,
     cache_dir: CacheDirOpt = None,
 ) -> None:
@@ -288,14 +293,14 @@ def eval_(
         if poolings and poolings != [pipe.pooling]:
             raise WhitenError(f"{pipeline_dir}: fitted with {pipe.pooling} pooling, not {', '.join(poolings)}")
         encoder = pipe.encoder(model, batch_size=s["batch_size"], device=device, dtype=s["dtype"],
-                               cache=_cache(no_cache, cache_dir))
+                               cache=_cache(no_cache, cache_dir), threads=threads)
         poolings, variants = [pipe.pooling], [RAW]
         fit_source: str | list[str] = "target"
     else:
         ks = _numbers(_split_list(k), "-k", int) or [s.get("k")]
         gammas = _numbers(_split_list(gamma), "--gamma", float) or [s["gamma"]]
         variants = [RAW] + [Variant(n, s["beta"], g) for n in ks for g in gammas]
-        encoder = _encoder({**s, "pooling": poolings[0] if poolings else s.get("pooling")}, device, no_cache, cache_dir)
+        encoder = _encoder({**s, "pooling": poolings[0] if poolings else s.get("pooling")}, device, no_cache, cache_dir, threads)
         poolings = poolings or [encoder.pooling]
         for n in ks:
             if n is not None and not 1 <= n <= encoder.dim:

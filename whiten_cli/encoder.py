@@ -29,7 +29,7 @@ _DEFAULT_MODEL_ALIASES = {DEFAULT_MODEL.lower(), "sentence-transformers/all-mini
 POOLINGS = ("cls", "pooler", "last-avg", "first-last-avg", "last2avg", "model")
 DTYPES = ("float32", "bfloat16", "float16", "int8")
 DEFAULT_BATCH_SIZE = 64
-_TOKENS_PER_TEXT = 128  # a batch holds at most batch_size × 128 padded tokens
+_TOKENS_PER_TEXT = 64  # a batch holds at most batch_size × 64 padded tokens (long texts: smaller batches)
 _CHUNK = 8192  # distinct texts tokenized, sorted and encoded at a time: bounds token-id memory
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "tf_model.h5", "flax_model.msgpack")
 
@@ -163,6 +163,10 @@ class Encoder:
     ``cache`` (an :class:`~whiten_cli.cache.EmbeddingCache`, a folder for one, or None) keeps the
     pooled vectors on disk: texts already there are not encoded again, and the model is not even
     loaded while every text is found there.
+
+    Batches hold at most ``batch_size`` texts and ``batch_size × 64`` padded tokens, texts sorted
+    by token count. ``threads`` sets torch's intra-op threads (process-wide) when encoding; on a
+    machine where other processes keep cores busy, fewer threads than cores is often faster.
     """
 
     def __init__(
@@ -175,6 +179,7 @@ class Encoder:
         device: str = "cpu",
         dtype: str = "float32",
         cache=None,
+        threads: int | None = None,
     ):
         if max_length < 2:
             raise WhitenError(f"--max-length must be at least 2, got {max_length}")
@@ -182,6 +187,8 @@ class Encoder:
             raise WhitenError(f"--batch-size must be positive, got {batch_size}")
         if dtype not in DTYPES:
             raise WhitenError(f"unknown dtype {dtype!r} (choose from {', '.join(DTYPES)})")
+        if threads is not None and threads < 1:
+            raise WhitenError(f"--threads must be positive, got {threads}")
         _check_device(device, dtype)
         self.source = resolve_model(model)
         self.model_pooling = read_model_pooling(self.source.path)
@@ -192,6 +199,7 @@ class Encoder:
         self.batch_size = batch_size
         self.device = device
         self.dtype = dtype
+        self.threads = threads  # torch intra-op threads while encoding; None leaves torch's setting
         self.truncated = 0  # texts cut at max_length, over this encoder's life
         self.encoded = 0  # distinct texts run through the model (cache misses), over this encoder's life
         if cache is not None and not hasattr(cache, "lookup"):
@@ -284,6 +292,8 @@ class Encoder:
         order = np.argsort(-lengths, kind="stable")
         outputs = {pooling: np.empty((len(texts), self.dim), dtype=np.float32) for pooling in poolings}
         model = self._model
+        if self.threads is not None and torch.get_num_threads() != self.threads:
+            torch.set_num_threads(self.threads)
         with torch.inference_mode():
             for rows in _batches(lengths[order], self.batch_size, self.max_tokens):
                 rows = order[rows]
