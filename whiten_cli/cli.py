@@ -316,7 +316,7 @@ def _read_queries(queries: list[str] | None, file: Path | None, field: str | Non
         if file_format(file) == "text":
             return [record.text for record in read_records(file, skip_empty=True)]
         return [record.text for record in read_records(file, field=field, skip_empty=True)]
-    stdin = click.get_text_stream("stdin")
+    stdin = sys.stdin
     if file is None and stdin.isatty():
         raise WhitenError("no query: give queries as arguments, with --file, or one a line on stdin")
     lines = [line.rstrip("\r\n") for line in stdin]
