@@ -67,6 +67,7 @@ def test_choose_index_follows_faiss_guidelines():
     plan = plan_index("auto", 1_000_000, 128, max_memory=100 * 2**20)
     assert ix.estimate_bytes(plan, 1_000_000, 128) <= 100 * 2**20
     assert 128 % plan.pq_m == 0 and plan.pq_m >= 64
+    assert plan_index("ivfpq", 1_000_000, 128).pq_m == 128  # one byte per dimension by default
     # small corpus whose vectors do not fit the budget is compressed too
     assert choose_index(50_000, 384, max_memory=10 * 2**20)[0].startswith("IVF")
     with pytest.raises(WhitenError, match="too small"):
@@ -303,3 +304,15 @@ def test_pipeline_fingerprint_is_stable_across_save_and_load(tmp_path, pipe):
     assert pipeline_fingerprint(Pipeline.load(tmp_path / "p")) == pipeline_fingerprint(pipe)
     assert pipeline_fingerprint(tiny_pipeline(seed=1)) != pipeline_fingerprint(pipe)
     assert pipeline_fingerprint(tiny_pipeline(k=4)) != pipeline_fingerprint(pipe)
+
+
+def test_build_tunes_the_search_knob_to_the_recall_target(pipe):
+    vectors = clustered(3000, seed=4)
+    index = VectorIndex.build(vectors, [f"t{i}" for i in range(3000)], pipe, kind="ivf")
+    search = index.metadata["search"]
+    assert search["tuned"]["recall"] >= ix.TARGET_RECALL and search["tuned"]["queries"] == ix.TUNE_QUERIES
+    assert search["nprobe"] & (search["nprobe"] - 1) == 0 and "recall@10" in index.metadata["reason"]
+    hnsw = VectorIndex.build(vectors, [f"t{i}" for i in range(3000)], pipe, kind="hnsw", ef=24)
+    assert hnsw.metadata["search"]["ef"] == 24 and "tuned" not in hnsw.metadata["search"]
+    untuned = VectorIndex.build(vectors, [f"t{i}" for i in range(3000)], pipe, kind="ivf", tune=False)
+    assert untuned.metadata["search"]["nprobe"] == untuned.metadata["nlist"] // 8
