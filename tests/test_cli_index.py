@@ -340,3 +340,12 @@ def test_end_to_end_with_the_default_model(tmp_path, monkeypatch):
     found = run("search", tmp_path / "idx", "someone plays the guitar", "-k", "1", "--json")
     assert found.exit_code == 0, found.output
     assert json.loads(found.stdout)["text"] == SENTENCES[0]
+
+
+def test_rebuilding_replaces_the_index_with_a_note(built, tmp_path):
+    folder, pipe = built
+    corpus = write(tmp_path / "two.txt", "First.\nSecond.\n")
+    result = run("index", corpus, "--pipeline", pipe, "-o", folder)
+    assert result.exit_code == 0, result.output
+    assert "note: replacing the index" in result.stderr
+    assert json.loads((folder / "index.json").read_text())["count"] == 2

@@ -204,8 +204,8 @@ def encode(
 # --------------------------------------------------------------------------- retrieval
 
 KindOpt = Annotated[Optional[str], typer.Option("--kind", help="auto, flat, hnsw, ivf or ivfpq [default: auto: flat below 100,000 documents, else IVF; PQ when --max-memory is tight].")]
-NprobeOpt = Annotated[Optional[int], typer.Option("--nprobe", help="IVF lists visited per query: more is slower and more exact [default: stored in the index, nlist/16].")]
-EfOpt = Annotated[Optional[int], typer.Option("--ef", help="HNSW efSearch: more is slower and more exact [default: stored in the index, 128].")]
+NprobeOpt = Annotated[Optional[int], typer.Option("--nprobe", help="IVF lists visited per query: more is slower and more exact [default: the index's own, tuned when built].")]
+EfOpt = Annotated[Optional[int], typer.Option("--ef", help="HNSW efSearch: more is slower and more exact [default: the index's own, tuned when built].")]
 
 
 def _load_vectors(path: Path, rows: int, dim: int, what: str):
@@ -235,10 +235,10 @@ def index_(
     kind: KindOpt = None,
     max_memory: Annotated[Optional[str], typer.Option("--max-memory", help="Memory budget of the FAISS index for --kind auto, e.g. 500M or 2G (1024-based): PQ codes when full vectors would not fit.")] = None,
     nlist: Annotated[Optional[int], typer.Option("--nlist", help="IVF lists [default: the power of two ≥ 4·√N].")] = None,
-    pq_m: Annotated[Optional[int], typer.Option("--pq-m", help="ivfpq: sub-quantizers = bytes per vector; must divide the dimension [default: dim/2].")] = None,
+    pq_m: Annotated[Optional[int], typer.Option("--pq-m", help="ivfpq: sub-quantizers = bytes per vector; must divide the dimension [default: the dimension, 4× smaller than flat].")] = None,
     hnsw_m: Annotated[Optional[int], typer.Option("--hnsw-m", help="hnsw: links per vector [default: 32].")] = None,
-    nprobe: Annotated[Optional[int], typer.Option("--nprobe", help="Default IVF lists visited per query, stored in the index [default: nlist/16].")] = None,
-    ef: Annotated[Optional[int], typer.Option("--ef", help="Default HNSW efSearch, stored in the index [default: 128].")] = None,
+    nprobe: Annotated[Optional[int], typer.Option("--nprobe", help="IVF lists visited per query, stored in the index [default: tuned to recall@10 ≥ 0.95 against exact search].")] = None,
+    ef: Annotated[Optional[int], typer.Option("--ef", help="HNSW efSearch, stored in the index [default: tuned to recall@10 ≥ 0.95 against exact search].")] = None,
     vectors: Annotated[Optional[Path], typer.Option("--vectors", help="Precomputed pipeline vectors (.npy from `whiten encode --pipeline`), row i = text i of CORPUS.")] = None,
     raw_vectors: Annotated[Optional[Path], typer.Option("--raw-vectors", help="Precomputed pooled vectors (.npy from `whiten encode` without --pipeline, or --raw-output); the pipeline is applied.")] = None,
     field: FieldOpt = None,
@@ -298,6 +298,8 @@ def index_(
     built = ix.VectorIndex.build(matrix, docs, pipe, kind=kind or "auto", max_memory=budget, nlist=nlist, pq_m=pq_m,
                                  hnsw_m=hnsw_m, nprobe=nprobe, ef=ef, seed=seed)
     typer.echo(f"index {built.factory}: {built.metadata['reason']}")
+    if (output / ix.METADATA_FILE).is_file():
+        _say(f"note: replacing the index at {output} (use --append to add to it)")
     built.save(output)
     typer.echo(f"wrote {len(built)} documents of dimension {built.dim} to {output}")
 
