@@ -118,6 +118,14 @@ def tiny_roformer(folder: Path, seed: int = 0) -> Path:
     return folder
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_embedding_cache(tmp_path_factory):
+    """Every test's embedding cache (the CLI's default one) is a temporary folder, never ~/.cache."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("WHITEN_CACHE_DIR", str(tmp_path_factory.mktemp("embedding-cache")))
+        yield
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     return tiny_bert(tmp_path_factory.mktemp("models") / "tiny-bert", seed=0)

@@ -12,6 +12,7 @@ __version__ = "0.1.0"
 
 _API = {
     "Encoder": "whiten_cli.encoder",
+    "EmbeddingCache": "whiten_cli.cache",
     "GaussianStats": "whiten_cli.stats",
     "Eigenbasis": "whiten_cli.whitening",
     "Whitening": "whiten_cli.whitening",

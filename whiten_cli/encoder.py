@@ -27,7 +27,10 @@ from whiten_cli.errors import WhitenError
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 _DEFAULT_MODEL_ALIASES = {DEFAULT_MODEL.lower(), "sentence-transformers/all-minilm-l6-v2", "default"}
 POOLINGS = ("cls", "pooler", "last-avg", "first-last-avg", "last2avg", "model")
-DTYPES = ("float32", "bfloat16", "float16")
+DTYPES = ("float32", "bfloat16", "float16", "int8")
+DEFAULT_BATCH_SIZE = 64
+_TOKENS_PER_TEXT = 64  # a batch holds at most batch_size × 64 padded tokens (long texts: smaller batches)
+_CHUNK = 8192  # distinct texts tokenized, sorted and encoded at a time: bounds token-id memory
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "tf_model.h5", "flax_model.msgpack")
 
 Progress = Callable[[int, int], None]  # (texts done, texts in all)
@@ -151,6 +154,19 @@ class Encoder:
 
     >>> encoder = Encoder()                      # default model, its own pooling
     >>> vectors = encoder.encode(["a sentence", "another one"])
+
+    ``dtype`` picks the arithmetic: ``float32`` (exact), ``bfloat16`` (on CPU the weights are cast
+    to bfloat16, on CUDA the forward pass runs under autocast), ``float16`` (autocast) or ``int8``
+    (CPU only: dynamic int8 quantization of the Linear layers; fastest, least exact). Pooling is
+    always summed in float32 and the vectors returned are float32.
+
+    ``cache`` (an :class:`~whiten_cli.cache.EmbeddingCache`, a folder for one, or None) keeps the
+    pooled vectors on disk: texts already there are not encoded again, and the model is not even
+    loaded while every text is found there.
+
+    Batches hold at most ``batch_size`` texts and ``batch_size × 64`` padded tokens, texts sorted
+    by token count. ``threads`` sets torch's intra-op threads (process-wide) when encoding; on a
+    machine where other processes keep cores busy, fewer threads than cores is often faster.
     """
 
     def __init__(
@@ -159,9 +175,11 @@ class Encoder:
         *,
         pooling: str | None = None,
         max_length: int = 128,
-        batch_size: int = 64,
+        batch_size: int = DEFAULT_BATCH_SIZE,
         device: str = "cpu",
         dtype: str = "float32",
+        cache=None,
+        threads: int | None = None,
     ):
         if max_length < 2:
             raise WhitenError(f"--max-length must be at least 2, got {max_length}")
@@ -169,6 +187,9 @@ class Encoder:
             raise WhitenError(f"--batch-size must be positive, got {batch_size}")
         if dtype not in DTYPES:
             raise WhitenError(f"unknown dtype {dtype!r} (choose from {', '.join(DTYPES)})")
+        if threads is not None and threads < 1:
+            raise WhitenError(f"--threads must be positive, got {threads}")
+        _check_device(device, dtype)
         self.source = resolve_model(model)
         self.model_pooling = read_model_pooling(self.source.path)
         self.pooling = check_pooling(pooling or default_pooling(self.source.path))
@@ -178,14 +199,43 @@ class Encoder:
         self.batch_size = batch_size
         self.device = device
         self.dtype = dtype
+        self.threads = threads  # torch intra-op threads while encoding; None leaves torch's setting
         self.truncated = 0  # texts cut at max_length, over this encoder's life
-        self._tokenizer, self._model = _load(self.source.path, self.model_pooling, device, dtype)
-        self.dim = int(self._model.config.hidden_size)
+        self.encoded = 0  # distinct texts run through the model (cache misses), over this encoder's life
+        if cache is not None and not hasattr(cache, "lookup"):
+            from whiten_cli.cache import EmbeddingCache
+
+            cache = EmbeddingCache(cache)
+        self.cache = cache
+        self._loaded = None  # (tokenizer, model), loaded on first need
+        self._transformer_path = self.source.path / (self.model_pooling.transformer_subfolder if self.model_pooling else "")
+        self.dim = _hidden_size(self._transformer_path) or int(self._model.config.hidden_size)
+
+    @property
+    def _tokenizer(self):
+        return self._load()[0]
+
+    @property
+    def _model(self):
+        return self._load()[1]
+
+    def _load(self):
+        if self._loaded is None:
+            self._loaded = _load(self.source.path, self.model_pooling, self.device, self.dtype)
+        return self._loaded
 
     @property
     def normalizes(self) -> bool:
         """Whether ``model`` pooling L2-normalizes (the sentence-transformers Normalize module)."""
         return self.pooling == "model" and bool(self.model_pooling and self.model_pooling.normalize)
+
+    def cache_namespace(self, pooling: str) -> str:
+        """Everything a cached vector of ``pooling`` depends on, besides its text."""
+        spec = pooling
+        if pooling == "model":
+            spec = f"model:{self.model_pooling.mode}:{'normalize' if self.model_pooling.normalize else 'raw'}"
+        return "\x1f".join((self.source.fingerprint, _files_digest(self._transformer_path), spec,
+                            str(self.max_length), self.dtype))
 
     def encode(self, texts: Sequence[str], *, progress: Progress | None = None) -> np.ndarray:
         """Pooled vectors of ``texts`` with this encoder's pooling, shape (len(texts), dim)."""
@@ -196,31 +246,72 @@ class Encoder:
     ) -> dict[str, np.ndarray]:
         """Vectors for several poolings from a single forward pass over ``texts``.
 
-        Duplicate texts are encoded once. ``progress(done, total)`` is called after each batch,
-        counting distinct texts.
+        Duplicate texts are encoded once; texts found in the cache (for every pooling asked) are
+        not encoded at all. ``progress(done, total)`` is called after each batch, counting
+        distinct texts.
         """
-        import torch
-
-        for pooling in poolings:
-            check_pooling(pooling)
+        poolings = list(dict.fromkeys(check_pooling(pooling) for pooling in poolings))
         if len(texts) == 0:
             return {pooling: np.empty((0, self.dim), dtype=np.float32) for pooling in poolings}
-        unique, inverse = np.unique(np.asarray(texts, dtype=object), return_inverse=True)
-        unique_texts = [str(text) for text in unique]
-        ids = self._tokenize(unique_texts, np.bincount(inverse.reshape(-1), minlength=len(unique_texts)))
-        order = np.argsort([-len(seq) for seq in ids], kind="stable")
-        outputs = {pooling: np.empty((len(unique_texts), self.dim), dtype=np.float32) for pooling in poolings}
-        done = 0
+        unique_texts, inverse, counts = _deduplicate(texts)
+        total = len(unique_texts)
+        outputs = {pooling: np.empty((total, self.dim), dtype=np.float32) for pooling in poolings}
+        cut = np.zeros(total, dtype=bool)
+        missing = np.ones(total, dtype=bool)
+        if self.cache is not None:
+            missing[:] = False
+            for pooling in poolings:
+                vectors, found, truncated = self.cache.lookup(self.cache_namespace(pooling), unique_texts, self.dim)
+                outputs[pooling][found] = vectors[found]
+                cut |= truncated & found
+                missing |= ~found
+        todo = np.flatnonzero(missing)
+        cut[todo] = False
+        done = total - len(todo)
+        if progress and done:
+            progress(done, total)
+        for start in range(0, len(todo), _CHUNK):
+            rows = todo[start : start + _CHUNK]
+            chunk = [unique_texts[i] for i in rows]
+            pooled, chunk_cut = self._encode_distinct(chunk, poolings, progress, done, total)
+            cut[rows] = chunk_cut
+            for pooling, vectors in pooled.items():
+                outputs[pooling][rows] = vectors
+                if self.cache is not None:
+                    self.cache.store(self.cache_namespace(pooling), chunk, vectors, chunk_cut)
+            done += len(rows)
+            if len(rows) >= 256:
+                _trim_heap()
+        self.truncated += int(counts[cut].sum())
+        return {pooling: vectors[inverse] for pooling, vectors in outputs.items()}
+
+    def _encode_distinct(self, texts: list[str], poolings: Sequence[str], progress, done: int, total: int):
+        """Pooled vectors of distinct ``texts`` (one chunk) and which of them were truncated."""
+        import torch
+
+        ids, cut = self._tokenize_ids(texts)
+        lengths = np.fromiter((len(seq) for seq in ids), dtype=np.int64, count=len(ids))
+        order = np.argsort(-lengths, kind="stable")
+        outputs = {pooling: np.empty((len(texts), self.dim), dtype=np.float32) for pooling in poolings}
+        model = self._model
+        if self.threads is not None and torch.get_num_threads() != self.threads:
+            torch.set_num_threads(self.threads)
         with torch.inference_mode():
-            for start in range(0, len(order), self.batch_size):
-                rows = order[start : start + self.batch_size]
-                pooled = self._forward([ids[i] for i in rows], poolings)
+            for rows in _batches(lengths[order], self.batch_size, self.max_tokens):
+                rows = order[rows]
+                pooled = self._forward([ids[i] for i in rows], poolings, model)
                 for pooling, vectors in pooled.items():
                     outputs[pooling][rows] = vectors
                 done += len(rows)
+                self.encoded += len(rows)
                 if progress:
-                    progress(done, len(unique_texts))
-        return {pooling: vectors[inverse.reshape(-1)] for pooling, vectors in outputs.items()}
+                    progress(done, total)
+        return outputs, cut
+
+    @property
+    def max_tokens(self) -> int:
+        """Padded tokens per forward pass at most: long texts go in smaller batches."""
+        return max(self.batch_size, 1) * _TOKENS_PER_TEXT
 
     def _tokenize(self, texts: list[str], counts: Sequence[int] | None = None) -> list[list[int]]:
         """Token ids per text, cut to ``max_length`` keeping the closing special tokens.
@@ -228,34 +319,45 @@ class Encoder:
         ``counts[i]`` is how many input texts ``texts[i]`` stands for (duplicates are encoded once
         but each counts as truncated).
         """
+        ids, cut = self._tokenize_ids(texts)
+        self.truncated += int(cut.sum()) if counts is None else int(np.asarray(counts)[cut].sum())
+        return ids
+
+    def _tokenize_ids(self, texts: list[str]) -> tuple[list[list[int]], np.ndarray]:
+        """Token ids per text (cut to ``max_length``) and a mask of the texts that were cut."""
         ids = self._tokenizer(texts, add_special_tokens=True, truncation=False, return_attention_mask=False,
                               return_token_type_ids=False, verbose=False)["input_ids"]
-        special = set(self._tokenizer.all_special_ids)
+        cut = np.zeros(len(ids), dtype=bool)
+        special = None
         for i, seq in enumerate(ids):
             if len(seq) > self.max_length:
+                if special is None:
+                    special = set(self._tokenizer.all_special_ids)
                 tail = 0
                 while tail < 2 and tail < len(seq) and seq[len(seq) - 1 - tail] in special:
                     tail += 1
                 ids[i] = seq[: self.max_length - tail] + (seq[len(seq) - tail :] if tail else [])
-                self.truncated += 1 if counts is None else int(counts[i])
-        return ids
+                cut[i] = True
+        return ids, cut
 
-    def _forward(self, batch: list[list[int]], poolings: Sequence[str]) -> dict[str, np.ndarray]:
+    def _forward(self, batch: list[list[int]], poolings: Sequence[str], model=None) -> dict[str, np.ndarray]:
         import torch
 
+        model = model if model is not None else self._model
         width = max(len(seq) for seq in batch)
         pad = self._tokenizer.pad_token_id or 0
-        input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        input_ids = np.full((len(batch), width), pad, dtype=np.int64)
+        mask = np.zeros((len(batch), width), dtype=np.int64)
         for row, seq in enumerate(batch):
-            input_ids[row, : len(seq)] = torch.tensor(seq)
+            input_ids[row, : len(seq)] = seq
             mask[row, : len(seq)] = 1
-        inputs = {"input_ids": input_ids.to(self.device), "attention_mask": mask.to(self.device)}
+        inputs = {"input_ids": torch.from_numpy(input_ids).to(self.device),
+                  "attention_mask": torch.from_numpy(mask).to(self.device)}
         if "token_type_ids" in self._tokenizer.model_input_names:
             inputs["token_type_ids"] = torch.zeros_like(inputs["input_ids"])
         needs_layers = any(p in ("first-last-avg", "last2avg") for p in poolings)
         with _autocast(self.device, self.dtype):
-            out = self._model(**inputs, output_hidden_states=needs_layers, return_dict=True)
+            out = model(**inputs, output_hidden_states=needs_layers, return_dict=True)
         mask_f = inputs["attention_mask"].unsqueeze(-1).float()
         return {p: self._pool(p, out, mask_f).float().cpu().numpy() for p in poolings}
 
@@ -293,18 +395,105 @@ class Encoder:
         return vectors
 
 
+def _deduplicate(texts: Sequence[str]) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Distinct texts in first-seen order, each input's row among them, and how often each occurs."""
+    index: dict[str, int] = {}
+    inverse = np.fromiter((index.setdefault(str(text), len(index)) for text in texts), dtype=np.int64, count=len(texts))
+    return list(index), inverse, np.bincount(inverse, minlength=len(index))
+
+
+@lru_cache(maxsize=1)
+def _malloc_trim():
+    import ctypes
+    import ctypes.util
+
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return None
+
+
+def _trim_heap() -> None:
+    """Give freed heap memory back to the system after a chunk. Batches of every shape leave
+    glibc's heap fragmented, and without this the resident size of a long run creeps up by
+    ~40 MB per 10k texts (measured with benchmarks/bench_memory.py)."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+def _batches(lengths: np.ndarray, batch_size: int, max_tokens: int):
+    """Slices over texts sorted longest first: at most ``batch_size`` texts, and at most
+    ``max_tokens`` padded tokens (the first text's length times the count), per batch."""
+    start, n = 0, len(lengths)
+    while start < n:
+        fit = max(1, min(batch_size, max_tokens // max(int(lengths[start]), 1)))
+        yield slice(start, min(start + fit, n))
+        start += fit
+
+
+def _hidden_size(folder: Path) -> int | None:
+    """``hidden_size`` from the model's config.json, without loading the model."""
+    try:
+        value = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("hidden_size")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, int) and value > 0 else None
+
+
+def _files_digest(folder: Path) -> str:
+    """sha256 of the small files beside the weights (configuration, tokenizer, vocabulary):
+    they change the vectors too, so they are part of a cache key."""
+    try:
+        files = tuple(sorted((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in folder.iterdir()
+                             if f.is_file() and f.name not in _WEIGHT_FILES and f.suffix != ".safetensors"
+                             and f.stat().st_size < (64 << 20)))
+    except OSError:
+        files = ()
+    return _hash_small_files(files)
+
+
+@lru_cache(maxsize=16)
+def _hash_small_files(files: tuple[tuple[str, int, int], ...]) -> str:
+    digest = hashlib.sha256()
+    for name, _, _ in files:
+        digest.update(Path(name).name.encode() + b"\0")
+        try:
+            digest.update(Path(name).read_bytes())
+        except OSError:
+            digest.update(b"\xff")
+    return digest.hexdigest()[:16]
+
+
+def _check_device(device: str, dtype: str) -> None:
+    """Refuse a device this machine lacks (imports torch only for a device other than the CPU)."""
+    if dtype == "int8" and device != "cpu":
+        raise WhitenError(f"--dtype int8 runs on the CPU only, not on --device {device} (use bfloat16 or float16 there)")
+    if device == "cpu":
+        return
+    import torch
+
+    try:
+        kind = torch.device(device).type
+    except (RuntimeError, ValueError) as exc:
+        raise WhitenError(f"--device {device}: {exc}") from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise WhitenError(f"--device {device}: CUDA is not available on this machine")
+
+
 def _autocast(device: str, dtype: str):
+    """Autocast for bfloat16/float16, except where the weights themselves were cast (CPU bfloat16)."""
     import contextlib
 
     import torch
 
-    if dtype == "float32":
+    if dtype in ("float32", "int8") or (dtype == "bfloat16" and torch.device(device).type == "cpu"):
         return contextlib.nullcontext()
     return torch.autocast(device_type=torch.device(device).type, dtype=getattr(torch, dtype))
 
 
 def _load(path: Path, model_pooling: ModelPooling | None, device: str, dtype: str):
-    """Load tokenizer and model from a local folder, offline."""
+    """Load tokenizer and model from a local folder, offline, in the form ``dtype`` runs."""
     import torch
     import transformers
 
@@ -317,10 +506,24 @@ def _load(path: Path, model_pooling: ModelPooling | None, device: str, dtype: st
     except (OSError, ValueError, ImportError) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise WhitenError(f"{path}: cannot load the model ({reason})") from None
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise WhitenError(f"--device {device}: CUDA is not available on this machine")
     try:
-        model = model.to(device).eval()
+        model = model.float().to(device).eval()  # float32 master weights, whatever the checkpoint holds
     except (RuntimeError, AssertionError) as exc:
         raise WhitenError(f"--device {device}: {exc}") from None
+    if dtype == "bfloat16" and torch.device(device).type == "cpu":
+        # Measured faster on CPU than autocast, which re-casts the weights at every call.
+        model = model.to(torch.bfloat16)
+    elif dtype == "int8":
+        model = _quantize_int8(model)
     return tokenizer, model
+
+
+def _quantize_int8(model):
+    """Dynamic int8 quantization of every nn.Linear (weights int8, activations quantized per batch)."""
+    import warnings
+
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.ao.quantization announces its move to torchao
+        return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)

