@@ -116,13 +116,19 @@ def _cache(no_cache: bool, cache_dir: Path | None):
     return cache if cache is not None and cache.enabled else None
 
 
+def _encoding(settings: dict, device: str, no_cache: bool = False, cache_dir: Path | None = None,
+              threads: int | None = None) -> dict:
+    """How to run the model: the Encoder options every encoding command shares."""
+    return {"batch_size": settings["batch_size"], "device": device, "dtype": settings["dtype"],
+            "cache": _cache(no_cache, cache_dir), "threads": threads}
+
+
 def _encoder(settings: dict, device: str, no_cache: bool = False, cache_dir: Path | None = None,
              threads: int | None = None):
     from whiten_cli.encoder import Encoder
 
     return Encoder(settings.get("model"), pooling=settings.get("pooling"), max_length=settings["max_length"],
-                   batch_size=settings["batch_size"], device=device, dtype=settings["dtype"],
-                   cache=_cache(no_cache, cache_dir), threads=threads)
+                   **_encoding(settings, device, no_cache, cache_dir, threads))
 
 
 @app.command()
@@ -214,8 +220,7 @@ def encode(
             raise WhitenError(f"{pipeline_dir}: fitted with {pipe.pooling} pooling, not {pooling}")
         if max_length is not None and max_length != pipe.max_length:
             raise WhitenError(f"{pipeline_dir}: fitted with max_length {pipe.max_length}, not {max_length}")
-        encoder = pipe.encoder(model, batch_size=s["batch_size"], device=device, dtype=s["dtype"],
-                               cache=_cache(no_cache, cache_dir), threads=threads)
+        encoder = pipe.encoder(model, **_encoding(s, device, no_cache, cache_dir, threads))
     else:
         pipe = None
         encoder = _encoder(s, device, no_cache, cache_dir, threads)
@@ -292,8 +297,7 @@ def eval_(
         pipe = Pipeline.load(pipeline_dir)
         if poolings and poolings != [pipe.pooling]:
             raise WhitenError(f"{pipeline_dir}: fitted with {pipe.pooling} pooling, not {', '.join(poolings)}")
-        encoder = pipe.encoder(model, batch_size=s["batch_size"], device=device, dtype=s["dtype"],
-                               cache=_cache(no_cache, cache_dir), threads=threads)
+        encoder = pipe.encoder(model, **_encoding(s, device, no_cache, cache_dir, threads))
         poolings, variants = [pipe.pooling], [RAW]
         fit_source: str | list[str] = "target"
     else:
@@ -395,6 +399,9 @@ def index_(
     batch_size: BatchOpt = None,
     device: DeviceOpt = "cpu",
     dtype: DtypeOpt = None,
+    threads: ThreadsOpt = None,
+    no_cache: NoCacheOpt = False,
+    cache_dir: CacheDirOpt = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the IVF/PQ training sample and k-means.")] = 0,
 ) -> None:
     """Encode a corpus through a pipeline and build a FAISS index folder (or --append to one)."""
@@ -432,7 +439,7 @@ def index_(
         matrix = pipe.transform(_load_vectors(raw_vectors, len(records), pipe.input_dim, "pooled vectors"))
     else:
         s = _settings(None, batch_size=batch_size, dtype=dtype)
-        encoder = pipe.encoder(model, batch_size=s["batch_size"], device=device, dtype=s["dtype"])
+        encoder = pipe.encoder(model, **_encoding(s, device, no_cache, cache_dir, threads))
         with _ProgressBar("encoding") as bar:
             raw = encoder.encode([record.text for record in records], progress=bar)
         _report_truncation(encoder, len(records))
@@ -495,6 +502,7 @@ def search(
     batch_size: BatchOpt = None,
     device: DeviceOpt = "cpu",
     dtype: DtypeOpt = None,
+    threads: ThreadsOpt = None,
 ) -> None:
     """Search an index: the k nearest documents of each query by cosine similarity.
 
@@ -516,7 +524,7 @@ def search(
     if k > len(index):
         _say(f"note: -k {k} is more than the {len(index)} documents in the index; showing all {len(index)}")
     s = _settings(None, batch_size=batch_size, dtype=dtype)
-    encoder = index.encoder(model, batch_size=s["batch_size"], device=device, dtype=s["dtype"])
+    encoder = index.encoder(model, **_encoding(s, device, no_cache=True, threads=threads))
     query_vectors = index.pipeline.transform(encoder.encode(texts))
     results = index.search(query_vectors, k, nprobe=nprobe, ef=ef, threshold=threshold)
     if json_out:
