@@ -22,6 +22,7 @@ _API = {
     "fit_pipeline": "whiten_cli.pipeline",
     "load_dataset": "whiten_cli.benchmarks",
     "run_evaluation": "whiten_cli.evaluate",
+    "VectorIndex": "whiten_cli.index",
     "WhitenError": "whiten_cli.errors",
 }
 __all__ = [*_API, "__version__"]

@@ -116,13 +116,19 @@ def _cache(no_cache: bool, cache_dir: Path | None):
     return cache if cache is not None and cache.enabled else None
 
 
+def _encoding(settings: dict, device: str, no_cache: bool = False, cache_dir: Path | None = None,
+              threads: int | None = None) -> dict:
+    """How to run the model: the Encoder options every encoding command shares."""
+    return {"batch_size": settings["batch_size"], "device": device, "dtype": settings["dtype"],
+            "cache": _cache(no_cache, cache_dir), "threads": threads}
+
+
 def _encoder(settings: dict, device: str, no_cache: bool = False, cache_dir: Path | None = None,
              threads: int | None = None):
     from whiten_cli.encoder import Encoder
 
     return Encoder(settings.get("model"), pooling=settings.get("pooling"), max_length=settings["max_length"],
-                   batch_size=settings["batch_size"], device=device, dtype=settings["dtype"],
-                   cache=_cache(no_cache, cache_dir), threads=threads)
+                   **_encoding(settings, device, no_cache, cache_dir, threads))
 
 
 @app.command()
@@ -214,8 +220,7 @@ def encode(
             raise WhitenError(f"{pipeline_dir}: fitted with {pipe.pooling} pooling, not {pooling}")
         if max_length is not None and max_length != pipe.max_length:
             raise WhitenError(f"{pipeline_dir}: fitted with max_length {pipe.max_length}, not {max_length}")
-        encoder = pipe.encoder(model, batch_size=s["batch_size"], device=device, dtype=s["dtype"],
-                               cache=_cache(no_cache, cache_dir), threads=threads)
+        encoder = pipe.encoder(model, **_encoding(s, device, no_cache, cache_dir, threads))
     else:
         pipe = None
         encoder = _encoder(s, device, no_cache, cache_dir, threads)
@@ -292,8 +297,7 @@ def eval_(
         pipe = Pipeline.load(pipeline_dir)
         if poolings and poolings != [pipe.pooling]:
             raise WhitenError(f"{pipeline_dir}: fitted with {pipe.pooling} pooling, not {', '.join(poolings)}")
-        encoder = pipe.encoder(model, batch_size=s["batch_size"], device=device, dtype=s["dtype"],
-                               cache=_cache(no_cache, cache_dir), threads=threads)
+        encoder = pipe.encoder(model, **_encoding(s, device, no_cache, cache_dir, threads))
         poolings, variants = [pipe.pooling], [RAW]
         fit_source: str | list[str] = "target"
     else:
@@ -346,6 +350,207 @@ def _table(rows) -> str:
             lines.append(subset.ljust(width) + str(pairs[subset]).rjust(7) + cells)
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks)
+
+
+# --------------------------------------------------------------------------- retrieval
+
+KindOpt = Annotated[Optional[str], typer.Option("--kind", help="auto, flat, hnsw, ivf or ivfpq [default: auto: flat below 100,000 documents, else IVF; PQ when --max-memory is tight].")]
+NprobeOpt = Annotated[Optional[int], typer.Option("--nprobe", help="IVF lists visited per query: more is slower and more exact [default: the index's own, tuned when built].")]
+EfOpt = Annotated[Optional[int], typer.Option("--ef", help="HNSW efSearch: more is slower and more exact [default: the index's own, tuned when built].")]
+
+
+def _load_vectors(path: Path, rows: int, dim: int, what: str):
+    import numpy as np
+
+    from whiten_cli.errors import InputError
+
+    if not path.is_file():
+        raise InputError(path, "no such file")
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise InputError(path, f"not a .npy array file ({exc})") from None
+    if array.ndim != 2 or array.shape[1] != dim or not np.issubdtype(array.dtype, np.floating):
+        raise InputError(path, f"expected {what} of shape ({rows}, {dim}) as floats, found {array.dtype} {array.shape}")
+    if array.shape[0] != rows:
+        raise InputError(path, f"{array.shape[0]} vectors for the {rows} texts of the corpus (row i must be text i)")
+    return np.asarray(array, dtype=np.float32)
+
+
+@app.command("index")
+def index_(
+    corpus: Annotated[Path, typer.Argument(help="Documents: .txt (one a line), .jsonl, .csv or .tsv. Ids come from --id-field or an id/_id/doc_id field; without one, documents are numbered 1, 2, ... in index order.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Index folder to write (with --append: to extend).")],
+    pipeline_dir: Annotated[Optional[Path], typer.Option("--pipeline", help="Pipeline folder from `whiten fit` (needed for a new index; with --append it must be the index's own).")] = None,
+    append: Annotated[bool, typer.Option("--append", help="Add the corpus to the index at -o; what is there is not re-encoded. Atomic: an error or Ctrl-C leaves the index as it was.")] = False,
+    kind: KindOpt = None,
+    max_memory: Annotated[Optional[str], typer.Option("--max-memory", help="Memory budget of the FAISS index for --kind auto, e.g. 500M or 2G (1024-based): PQ codes when full vectors would not fit.")] = None,
+    nlist: Annotated[Optional[int], typer.Option("--nlist", help="IVF lists [default: the power of two ≥ 4·√N].")] = None,
+    pq_m: Annotated[Optional[int], typer.Option("--pq-m", help="ivfpq: sub-quantizers = bytes per vector; must divide the dimension [default: the dimension, 4× smaller than flat].")] = None,
+    hnsw_m: Annotated[Optional[int], typer.Option("--hnsw-m", help="hnsw: links per vector [default: 32].")] = None,
+    nprobe: Annotated[Optional[int], typer.Option("--nprobe", help="IVF lists visited per query, stored in the index [default: tuned to recall@10 ≥ 0.95 against exact search].")] = None,
+    ef: Annotated[Optional[int], typer.Option("--ef", help="HNSW efSearch, stored in the index [default: tuned to recall@10 ≥ 0.95 against exact search].")] = None,
+    vectors: Annotated[Optional[Path], typer.Option("--vectors", help="Precomputed pipeline vectors (.npy from `whiten encode --pipeline`), row i = text i of CORPUS.")] = None,
+    raw_vectors: Annotated[Optional[Path], typer.Option("--raw-vectors", help="Precomputed pooled vectors (.npy from `whiten encode` without --pipeline, or --raw-output); the pipeline is applied.")] = None,
+    field: FieldOpt = None,
+    id_field: Annotated[Optional[str], typer.Option("--id-field", help="JSONL field or CSV/TSV column with the document id [default: id/_id/doc_id when present].")] = None,
+    skip_empty: SkipEmptyOpt = False,
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Where the pipeline's model is, if it moved (the same weights only).")] = None,
+    batch_size: BatchOpt = None,
+    device: DeviceOpt = "cpu",
+    dtype: DtypeOpt = None,
+    threads: ThreadsOpt = None,
+    no_cache: NoCacheOpt = False,
+    cache_dir: CacheDirOpt = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the IVF/PQ training sample and k-means.")] = 0,
+) -> None:
+    """Encode a corpus through a pipeline and build a FAISS index folder (or --append to one)."""
+    from whiten_cli import index as ix
+    from whiten_cli.pipeline import Pipeline
+    from whiten_cli.readers import read_records
+
+    if vectors is not None and raw_vectors is not None:
+        raise WhitenError("give --vectors or --raw-vectors, not both")
+    budget = ix.parse_size(max_memory) if max_memory is not None else None
+    records = read_records(corpus, field=field, id_field=id_field, skip_empty=skip_empty)
+    has_ids = ix.file_has_ids(corpus, id_field)
+    if append:
+        fixed = [flag for flag, value in (("--kind", kind), ("--max-memory", max_memory), ("--nlist", nlist),
+                                          ("--pq-m", pq_m), ("--hnsw-m", hnsw_m), ("--nprobe", nprobe), ("--ef", ef))
+                 if value is not None]
+        if fixed:
+            raise WhitenError(f"{', '.join(fixed)}: set when an index is built; --append keeps the index's own")
+        existing = ix.VectorIndex.load(output)
+        pipe = existing.pipeline
+        if pipeline_dir is not None:
+            ix.check_pipeline(existing.metadata, Pipeline.load(pipeline_dir), str(pipeline_dir), output)
+        docs = ix.records_to_documents(records, corpus, has_ids=has_ids, start=len(existing), existing_ids=existing.ids())
+    else:
+        if pipeline_dir is None:
+            raise WhitenError("--pipeline is needed to build an index (or pass --append to extend one)")
+        ix.check_target(output)
+        pipe = Pipeline.load(pipeline_dir)
+        ix.plan_index(kind or "auto", len(records), pipe.output_dim, max_memory=budget, nlist=nlist, pq_m=pq_m,
+                      hnsw_m=hnsw_m)  # fail before encoding
+        docs = ix.records_to_documents(records, corpus, has_ids=has_ids)
+    if vectors is not None:
+        matrix = _load_vectors(vectors, len(records), pipe.output_dim, "pipeline vectors")
+    elif raw_vectors is not None:
+        matrix = pipe.transform(_load_vectors(raw_vectors, len(records), pipe.input_dim, "pooled vectors"))
+    else:
+        s = _settings(None, batch_size=batch_size, dtype=dtype)
+        encoder = pipe.encoder(model, **_encoding(s, device, no_cache, cache_dir, threads))
+        with _ProgressBar("encoding") as bar:
+            raw = encoder.encode([record.text for record in records], progress=bar)
+        _report_truncation(encoder, len(records))
+        matrix = pipe.transform(raw)
+    if append:
+        existing.add(matrix, docs)
+        existing.save(output)
+        typer.echo(f"added {len(docs)} documents to {output} ({len(existing)} in all, {existing.factory})")
+        return
+    built = ix.VectorIndex.build(matrix, docs, pipe, kind=kind or "auto", max_memory=budget, nlist=nlist, pq_m=pq_m,
+                                 hnsw_m=hnsw_m, nprobe=nprobe, ef=ef, seed=seed)
+    typer.echo(f"index {built.factory}: {built.metadata['reason']}")
+    if (output / ix.METADATA_FILE).is_file():
+        _say(f"note: replacing the index at {output} (use --append to add to it)")
+    built.save(output)
+    typer.echo(f"wrote {len(built)} documents of dimension {built.dim} to {output}")
+
+
+def _read_queries(queries: list[str] | None, file: Path | None, field: str | None) -> list[str]:
+    """Queries from arguments, else --file (``-``: stdin), else stdin when it is not a terminal."""
+    from whiten_cli.readers import file_format, read_records
+
+    if queries and file is not None:
+        raise WhitenError("give queries as arguments or with --file, not both")
+    if queries:
+        if any(not query.strip() for query in queries):
+            raise WhitenError("empty query")
+        return list(queries)
+    if file is not None and str(file) != "-":
+        if file_format(file) == "text":
+            return [record.text for record in read_records(file, skip_empty=True)]
+        return [record.text for record in read_records(file, field=field, skip_empty=True)]
+    stdin = sys.stdin
+    if file is None and stdin.isatty():
+        raise WhitenError("no query: give queries as arguments, with --file, or one a line on stdin")
+    lines = [line.rstrip("\r\n") for line in stdin]
+    texts = [line for line in lines if line.strip()]
+    if not texts:
+        raise WhitenError("no query on stdin (empty lines are skipped)")
+    return texts
+
+
+def _clean(text: str) -> str:
+    return text.replace("\t", " ").replace("\r", " ").replace("\n", " ")
+
+
+@app.command()
+def search(
+    index_dir: Annotated[Path, typer.Argument(help="Index folder from `whiten index`.")],
+    queries: Annotated[Optional[list[str]], typer.Argument(help="Query texts. Without any: --file, else stdin, one query a line.", show_default=False)] = None,
+    k: Annotated[int, typer.Option("-k", "--top", help="Hits per query; more than the index holds returns every document, with a note on stderr.")] = 10,
+    file: Annotated[Optional[Path], typer.Option("--file", "-f", help="Queries, one a line ('-': stdin), or .jsonl/.csv/.tsv (text from --field). Empty lines are skipped.")] = None,
+    threshold: Annotated[Optional[float], typer.Option("--threshold", help="Drop hits whose cosine score is below this.")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="JSON lines, one object per hit: query, rank, score, id, text.")] = False,
+    nprobe: NprobeOpt = None,
+    ef: EfOpt = None,
+    field: FieldOpt = None,
+    pipeline_dir: Annotated[Optional[Path], typer.Option("--pipeline", help="Check that this pipeline folder is the one the index was built with.")] = None,
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Where the pipeline's model is, if it moved (the same weights only).")] = None,
+    batch_size: BatchOpt = None,
+    device: DeviceOpt = "cpu",
+    dtype: DtypeOpt = None,
+    threads: ThreadsOpt = None,
+) -> None:
+    """Search an index: the k nearest documents of each query by cosine similarity.
+
+    Prints rank, score, id and text, tab-separated (a table on a terminal); with several queries
+    each line starts with its query. The index's own pipeline encodes the queries.
+    """
+    import json
+
+    from whiten_cli import index as ix
+
+    if k < 1:
+        raise WhitenError(f"-k must be at least 1, got {k}")
+    texts = _read_queries(queries, file, field)
+    index = ix.VectorIndex.load(index_dir)
+    if pipeline_dir is not None:
+        from whiten_cli.pipeline import Pipeline
+
+        ix.check_pipeline(index.metadata, Pipeline.load(pipeline_dir), str(pipeline_dir), index_dir)
+    if k > len(index):
+        _say(f"note: -k {k} is more than the {len(index)} documents in the index; showing all {len(index)}")
+    s = _settings(None, batch_size=batch_size, dtype=dtype)
+    encoder = index.encoder(model, **_encoding(s, device, no_cache=True, threads=threads))
+    query_vectors = index.pipeline.transform(encoder.encode(texts))
+    results = index.search(query_vectors, k, nprobe=nprobe, ef=ef, threshold=threshold)
+    if json_out:
+        for text, hits in zip(texts, results):
+            for hit in hits:
+                typer.echo(json.dumps({"query": text, "rank": hit.rank, "score": round(hit.score, 6), "id": hit.id,
+                                       "text": hit.text}, ensure_ascii=False))
+        return
+    from rich.console import Console
+
+    console = Console()
+    if console.is_terminal:
+        from rich.table import Table
+
+        for text, hits in zip(texts, results):
+            table = Table(title=text if len(texts) > 1 else None, title_justify="left", box=None)
+            for name, justify in (("rank", "right"), ("score", "right"), ("id", "left"), ("text", "left")):
+                table.add_column(name, justify=justify, overflow="fold" if name == "text" else "ellipsis")
+            for hit in hits:
+                table.add_row(str(hit.rank), f"{hit.score:.4f}", hit.id, hit.text)
+            console.print(table if hits else "(no hits)")
+        return
+    for text, hits in zip(texts, results):
+        prefix = f"{_clean(text)}\t" if len(texts) > 1 else ""
+        for hit in hits:
+            typer.echo(f"{prefix}{hit.rank}\t{hit.score:.4f}\t{_clean(hit.id)}\t{_clean(hit.text)}")
 
 
 def main() -> None:
