@@ -313,16 +313,6 @@ class Encoder:
         """Padded tokens per forward pass at most: long texts go in smaller batches."""
         return max(self.batch_size, 1) * _TOKENS_PER_TEXT
 
-    def _tokenize(self, texts: list[str], counts: Sequence[int] | None = None) -> list[list[int]]:
-        """Token ids per text, cut to ``max_length`` keeping the closing special tokens.
-
-        ``counts[i]`` is how many input texts ``texts[i]`` stands for (duplicates are encoded once
-        but each counts as truncated).
-        """
-        ids, cut = self._tokenize_ids(texts)
-        self.truncated += int(cut.sum()) if counts is None else int(np.asarray(counts)[cut].sum())
-        return ids
-
     def _tokenize_ids(self, texts: list[str]) -> tuple[list[list[int]], np.ndarray]:
         """Token ids per text (cut to ``max_length``) and a mask of the texts that were cut."""
         ids = self._tokenizer(texts, add_special_tokens=True, truncation=False, return_attention_mask=False,
