@@ -122,3 +122,14 @@ def test_output_is_not_written_when_eval_fails(tiny_model, pairs_file, tmp_path)
     result, _ = run(pairs_file, "--model", tiny_model, "--pooling", "cls", "-k", "999", "--output", tmp_path / "r.json")
     assert result.exit_code == 2
     assert not (tmp_path / "r.json").exists()
+
+
+def test_table_can_show_pearson(tiny_model, pairs_file):
+    result, output = run(pairs_file, "--model", tiny_model, "--pooling", "cls", "--json")
+    _, rows = report_of(output)
+    result, table = run(pairs_file, "--model", tiny_model, "--pooling", "cls", "--metric", "pearson")
+    assert result.exit_code == 0, table
+    assert "Pearson × 100" in table
+    assert f"{rows[('cls', 'raw')]['pearson']:.2f}" in table
+    result, output = run(pairs_file, "--model", tiny_model, "--metric", "kendall")
+    assert result.exit_code == 2 and "--metric must be spearman or pearson" in output

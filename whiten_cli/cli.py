@@ -268,7 +268,8 @@ def eval_(
     device: DeviceOpt = "cpu",
     dtype: DtypeOpt = None,
     config: ConfigOpt = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON instead of a table.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the figures (Spearman and Pearson) as JSON instead of a table.")] = False,
+    metric: Annotated[str, typer.Option("--metric", help="The table's figure: spearman or pearson (× 100).")] = "spearman",
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Also save the figures as JSON here.")] = None,
     plot: Annotated[Optional[Path], typer.Option("--plot", help="Save a PNG of Spearman against k here.")] = None,
     threads: ThreadsOpt = None,
@@ -285,6 +286,8 @@ def eval_(
     from whiten_cli.readers import read_texts
     from whiten_cli.storage import atomic_write
 
+    if metric not in ("spearman", "pearson"):
+        raise WhitenError(f"--metric must be spearman or pearson, got {metric!r}")
     s = _settings(config, model=model, beta=beta, max_length=max_length, batch_size=batch_size, dtype=dtype)
     poolings = [check_pooling(p) for p in _split_list(pooling)]
     loaded = [load_dataset(spec) for spec in datasets]
@@ -328,11 +331,14 @@ def eval_(
     if as_json:
         typer.echo(json.dumps(report, indent=2))
     else:
-        typer.echo(_table(rows))
+        typer.echo(_table(rows, metric))
 
 
-def _table(rows) -> str:
-    """Plain text: a block per dataset and pooling, subsets down, variants across."""
+def _table(rows, metric: str = "spearman") -> str:
+    """Plain text: a block per dataset and pooling, subsets down, variants across.
+
+    The mean/wmean aggregates are Spearman-only (published tables average Spearman): "-" for Pearson.
+    """
     blocks = []
     groups: dict[tuple[str, str], list] = {}
     for row in rows:
@@ -340,13 +346,14 @@ def _table(rows) -> str:
     for (dataset, pooling), group in groups.items():
         variants = list(dict.fromkeys(row.variant for row in group))
         subsets = list(dict.fromkeys(row.subset for row in group))
-        figures = {(row.subset, row.variant): row.spearman for row in group}
+        figures = {(row.subset, row.variant): getattr(row, metric) for row in group}
         pairs = {row.subset: row.pairs for row in group}
         width = max(len(name) for name in subsets + ["subset"]) + 2
-        lines = [f"{dataset} · {pooling} pooling · Spearman × 100",
+        lines = [f"{dataset} · {pooling} pooling · {metric.capitalize()} × 100",
                  "subset".ljust(width) + "pairs".rjust(7) + "".join(v.rjust(14) for v in variants)]
         for subset in subsets:
-            cells = "".join(f"{figures[(subset, v)]:14.2f}" for v in variants)
+            cells = "".join("-".rjust(14) if figures[(subset, v)] is None else f"{figures[(subset, v)]:14.2f}"
+                            for v in variants)
             lines.append(subset.ljust(width) + str(pairs[subset]).rjust(7) + cells)
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks)
