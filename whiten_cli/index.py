@@ -574,13 +574,12 @@ class VectorIndex:
     """
 
     def __init__(self, faiss_index, pipeline, metadata: dict, stored: _DocFile | None = None,
-                 pending: list[Document] | None = None, source: Path | None = None):
+                 pending: list[Document] | None = None):
         self._faiss = faiss_index
         self.pipeline = pipeline
         self.metadata = metadata
         self._stored = stored  # documents already on disk (rows 0 .. len(stored) − 1)
         self._pending = pending or []  # documents added in memory after them
-        self._source = source
         self._ids: set[str] | None = None
         self._encoder = None
 
@@ -680,7 +679,7 @@ class VectorIndex:
         if not faiss_index.ntotal == len(stored) == metadata["count"] or faiss_index.d != metadata["dim"]:
             raise WhitenError(f"{folder}: files disagree ({faiss_index.ntotal} vectors of dimension {faiss_index.d}, "
                               f"{len(stored)} documents, metadata says {metadata['count']} of {metadata['dim']})")
-        return cls(faiss_index, pipeline, metadata, stored=stored, source=folder.resolve())
+        return cls(faiss_index, pipeline, metadata, stored=stored)
 
     # -- properties
 
@@ -756,7 +755,7 @@ class VectorIndex:
                                              encoding="utf-8")
         if self._stored is not None:
             self._stored.close()
-        self._stored, self._pending, self._source = _DocFile(target), [], target.resolve()
+        self._stored, self._pending = _DocFile(target), []
         return target
 
     def _write_docs(self, folder: Path) -> np.ndarray:
@@ -825,14 +824,6 @@ class VectorIndex:
         if k < 1:
             raise WhitenError(f"-k must be at least 1, got {k}")
         return self.search(self.encode(texts), k, **options)
-
-
-def append_to_index(path: str | os.PathLike[str], vectors: np.ndarray, docs: Sequence[str | Document]) -> VectorIndex:
-    """Load the index at ``path``, add documents, and swap the result in atomically."""
-    index = VectorIndex.load(path)
-    index.add(vectors, docs)
-    index.save(path)
-    return index
 
 
 # --------------------------------------------------------------------------- checks
