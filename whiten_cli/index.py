@@ -826,6 +826,14 @@ class VectorIndex:
         return self.search(self.encode(texts), k, **options)
 
 
+def append_to_index(path: str | os.PathLike[str], vectors: np.ndarray, docs: Sequence[str | Document]) -> VectorIndex:
+    """Load the index at ``path``, add documents, and swap the result in atomically."""
+    index = VectorIndex.load(path)
+    index.add(vectors, docs)
+    index.save(path)
+    return index
+
+
 # --------------------------------------------------------------------------- checks
 
 
