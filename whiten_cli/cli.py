@@ -420,7 +420,6 @@ def index_(
         raise WhitenError("give --vectors or --raw-vectors, not both")
     budget = ix.parse_size(max_memory) if max_memory is not None else None
     records = read_records(corpus, field=field, id_field=id_field, skip_empty=skip_empty)
-    has_ids = ix.file_has_ids(corpus, id_field)
     if append:
         fixed = [flag for flag, value in (("--kind", kind), ("--max-memory", max_memory), ("--nlist", nlist),
                                           ("--pq-m", pq_m), ("--hnsw-m", hnsw_m), ("--nprobe", nprobe), ("--ef", ef))
@@ -431,7 +430,7 @@ def index_(
         pipe = existing.pipeline
         if pipeline_dir is not None:
             ix.check_pipeline(existing.metadata, Pipeline.load(pipeline_dir), str(pipeline_dir), output)
-        docs = ix.records_to_documents(records, corpus, has_ids=has_ids, start=len(existing), existing_ids=existing.ids())
+        docs = ix.records_to_documents(records, corpus, start=len(existing), existing_ids=existing.ids())
     else:
         if pipeline_dir is None:
             raise WhitenError("--pipeline is needed to build an index (or pass --append to extend one)")
@@ -439,7 +438,7 @@ def index_(
         pipe = Pipeline.load(pipeline_dir)
         ix.plan_index(kind or "auto", len(records), pipe.output_dim, max_memory=budget, nlist=nlist, pq_m=pq_m,
                       hnsw_m=hnsw_m)  # fail before encoding
-        docs = ix.records_to_documents(records, corpus, has_ids=has_ids)
+        docs = ix.records_to_documents(records, corpus)
     if vectors is not None:
         matrix = _load_vectors(vectors, len(records), pipe.output_dim, "pipeline vectors")
     elif raw_vectors is not None:

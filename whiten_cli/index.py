@@ -471,7 +471,7 @@ def documents(texts: Iterable[str | Document], start: int = 0) -> list[Document]
     return docs
 
 
-def records_to_documents(records, path, *, has_ids: bool, start: int = 0, existing_ids=()) -> list[Document]:
+def records_to_documents(records, path, *, start: int = 0, existing_ids=()) -> list[Document]:
     """Documents from :class:`whiten_cli.readers.Record` rows, refusing duplicate ids.
 
     Without ids in the file, documents are numbered ``start + 1``, ``start + 2``, ... (their
@@ -481,7 +481,7 @@ def records_to_documents(records, path, *, has_ids: bool, start: int = 0, existi
     existing = existing_ids if isinstance(existing_ids, (set, frozenset, dict)) else set(existing_ids)
     docs = []
     for number, record in enumerate(records, start=start + 1):
-        doc_id = record.id if has_ids else str(number)
+        doc_id = record.id if record.id_from_file else str(number)
         if doc_id in seen:
             raise InputError(path, f"duplicate id {doc_id!r} (first on line {seen[doc_id]})", record.line)
         if doc_id in existing:
@@ -489,31 +489,6 @@ def records_to_documents(records, path, *, has_ids: bool, start: int = 0, existi
         seen[doc_id] = record.line
         docs.append(Document(doc_id, record.text))
     return docs
-
-
-def file_has_ids(path, id_field: str | None = None) -> bool:
-    """Whether ``path`` gives document ids: ``--id-field``, or an ``id``/``_id``/``doc_id`` field or column."""
-    from whiten_cli.readers import DEFAULT_ID_NAMES, file_format, iter_lines
-
-    kind = file_format(path)
-    if kind == "text":
-        return False
-    if id_field is not None:
-        return True
-    for _, line in iter_lines(path):
-        if not line.strip():
-            continue
-        if kind == "jsonl":
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                return False  # read_records reports the bad line
-            return isinstance(row, dict) and any(name in row for name in DEFAULT_ID_NAMES)
-        import csv
-
-        header = next(csv.reader([line])) if kind == "csv" else line.split("\t")
-        return any(name.strip() in DEFAULT_ID_NAMES for name in header)
-    return False
 
 
 def _doc_line(doc: Document) -> bytes:

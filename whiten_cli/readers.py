@@ -27,6 +27,7 @@ class Record:
     text: str
     line: int
     id: str
+    id_from_file: bool = False  # whether ``id`` is the file's own (an id field or column)
 
 
 def file_format(path: str | os.PathLike[str]) -> str:
@@ -140,7 +141,7 @@ def _read_jsonl(path, field: str | None, id_field: str | None, skip_empty: bool)
         if id_field and id_field not in row:
             raise InputError(path, f"no id field {id_field!r}", number)
         if _checked_text(path, text, number, skip_empty) is not None:
-            records.append(Record(text, number, str(row[id_key]) if id_key else str(number)))
+            records.append(Record(text, number, str(row[id_key]) if id_key else str(number), id_key is not None))
     return records
 
 
@@ -186,7 +187,7 @@ def _read_table(path, kind: str, field: str | None, id_field: str | None, skip_e
                 raise InputError(path, f"expected at least {needed} columns, found {len(row)}", number)
             text = row[text_col]
             if _checked_text(path, text, number, skip_empty) is not None:
-                records.append(Record(text, number, row[id_col] if id_col is not None else str(number)))
+                records.append(Record(text, number, row[id_col] if id_col is not None else str(number), id_col is not None))
     except csv.Error as exc:
         raise InputError(path, f"bad CSV ({exc})", reader.line_num) from None
     return records
