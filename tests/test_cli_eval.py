@@ -133,3 +133,13 @@ def test_table_can_show_pearson(tiny_model, pairs_file):
     assert f"{rows[('cls', 'raw')]['pearson']:.2f}" in table
     result, output = run(pairs_file, "--model", tiny_model, "--metric", "kendall")
     assert result.exit_code == 2 and "--metric must be spearman or pearson" in output
+
+
+def test_plot_without_matplotlib_is_a_one_line_error(tiny_model, pairs_file, tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib → ImportError
+    result, output = run(pairs_file, "--model", tiny_model, "--pooling", "cls", "--plot", tmp_path / "r.png")
+    assert result.exit_code == 2
+    assert "--plot needs matplotlib" in output and "Traceback" not in output
+    assert not (tmp_path / "r.png").exists()

@@ -282,12 +282,14 @@ def eval_(
     from whiten_cli import __version__
     from whiten_cli.benchmarks import load_dataset
     from whiten_cli.encoder import check_pooling
-    from whiten_cli.evaluate import RAW, Variant, plot_spearman_vs_k, run_evaluation
+    from whiten_cli.evaluate import RAW, Variant, plot_spearman_vs_k, pyplot, run_evaluation
     from whiten_cli.readers import read_texts
     from whiten_cli.storage import atomic_write
 
     if metric not in ("spearman", "pearson"):
         raise WhitenError(f"--metric must be spearman or pearson, got {metric!r}")
+    if plot is not None:
+        pyplot()  # fail before encoding if matplotlib is missing
     s = _settings(config, model=model, beta=beta, max_length=max_length, batch_size=batch_size, dtype=dtype)
     poolings = [check_pooling(p) for p in _split_list(pooling)]
     loaded = [load_dataset(spec) for spec in datasets]

@@ -210,15 +210,23 @@ def run_evaluation(
     return rows
 
 
-def plot_spearman_vs_k(rows: list[Row], path, dims: int) -> None:
-    """A PNG of Spearman against k: one line per dataset, pooling and (β, γ); raw as a dashed level."""
-    import matplotlib
-
+def pyplot():
+    """matplotlib's pyplot on the file-only Agg backend, or a one-line error naming the extra."""
+    try:
+        import matplotlib
+    except ImportError:
+        raise WhitenError('--plot needs matplotlib: pip install "whiten[plot]"') from None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def plot_spearman_vs_k(rows: list[Row], path, dims: int) -> None:
+    """A PNG of Spearman against k: one line per dataset, pooling and (β, γ); raw as a dashed level."""
     from whiten_cli.storage import atomic_write
 
+    plt = pyplot()
     headline = [row for row in rows if row.subset in ("all", row.dataset)]
     figure, axes = plt.subplots(figsize=(7, 4.5))
     curves: dict[tuple[str, str, str], list[tuple[int, float]]] = {}
