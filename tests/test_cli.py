@@ -70,6 +70,7 @@ def test_fit_with_projection_prints_jl_bound(tiny_model, corpus, tmp_path):
                  "--jl-dim", 8, "--seed", 5, "--gamma", 0.5)
     assert result.exit_code == 0, result.output
     assert "JL projection to 8d (seed 5)" in result.stdout and "JL lemma" in result.stdout
+    assert "within 1 ± 0.1 needs n ≥ 3510" in result.stdout  # ⌈4 ln 60 / (0.1²/2 − 0.1³/3)⌉
     pipeline = Pipeline.load(tmp_path / "p")
     assert pipeline.output_dim == 8 and pipeline.projection.seed == 5 and pipeline.whitening.gamma == 0.5
 

@@ -156,7 +156,7 @@ def fit(
 ) -> None:
     """Fit whitening (and an optional JL projection) on a corpus; write a pipeline folder."""
     from whiten_cli.pipeline import FitOptions, check_output_folder, fit_pipeline
-    from whiten_cli.projection import jl_distortion
+    from whiten_cli.projection import jl_distortion, jl_min_dim
     from whiten_cli.readers import read_texts
 
     s = _settings(config, model=model, pooling=pooling, k=k, beta=beta, gamma=gamma, whiten=whiten, jl_dim=jl_dim,
@@ -181,7 +181,8 @@ def fit(
         eps = jl_distortion(len(texts), pipeline.projection.n_components)
         bound = (f"distances between any two of {len(texts)} points are kept within 1 ± {eps:.2f}" if eps is not None
                  else f"no guarantee for {len(texts)} points at this n (the bound needs ε < 1)")
-        typer.echo(f"JL lemma: with n={pipeline.projection.n_components}, {bound}")
+        typer.echo(f"JL lemma: with n={pipeline.projection.n_components}, {bound}; "
+                   f"within 1 ± 0.1 needs n ≥ {jl_min_dim(len(texts), 0.1)}, within 1 ± 0.5 n ≥ {jl_min_dim(len(texts), 0.5)}")
     typer.echo(f"wrote {output}")
 
 
