@@ -135,6 +135,22 @@ def test_fit_with_preset_and_toml_config(tiny_model, corpus, tmp_path):
     assert pipeline.whitening.gamma == 0.25  # flags override the file
 
 
+def test_every_shipped_preset_loads():
+    from whiten_cli.config import load_config, preset_names
+
+    names = preset_names()
+    assert {"default", "paper", "soft", "compact", "retrieval"} <= set(names)
+    settings = {name: load_config(name) for name in names}
+    assert settings["retrieval"]["k"] == 128 and settings["retrieval"]["gamma"] == 0.0
+
+
+def test_retrieval_preset_fits_pca(tiny_model, corpus, tmp_path):
+    result = run("fit", corpus, "-o", tmp_path / "p", "--model", tiny_model, "--config", "retrieval", "-k", 8)
+    assert result.exit_code == 0, result.output
+    pipeline = Pipeline.load(tmp_path / "p")
+    assert pipeline.output_dim == 8 and pipeline.whitening.gamma == 0.0 and pipeline.whitening.beta == 1.0
+
+
 # --- bad input: exit 2, one line, nothing written ----------------------------------------------
 
 

@@ -54,7 +54,7 @@ MaxLengthOpt = Annotated[Optional[int], typer.Option("--max-length", help="Token
 BatchOpt = Annotated[Optional[int], typer.Option("--batch-size", help="Texts per forward pass [default: 64].")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:1, ...")]
 DtypeOpt = Annotated[Optional[str], typer.Option("--dtype", help="float32, bfloat16 (about 2x faster on CPU, same scores), float16 or int8 (CPU, fastest, least exact) [default: float32].")]
-ConfigOpt = Annotated[Optional[str], typer.Option("--config", "-c", help="Preset name (default, paper, soft, compact) or a TOML file.")]
+ConfigOpt = Annotated[Optional[str], typer.Option("--config", "-c", help="Preset name (default, paper, soft, compact, retrieval) or a TOML file.")]
 BetaOpt = Annotated[Optional[float], typer.Option("--beta", help="Mean removed: x − βμ, in [0, 1] [default: 1].")]
 SkipEmptyOpt = Annotated[bool, typer.Option("--skip-empty", help="Skip empty texts instead of failing.")]
 ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", help="CPU threads for the model [default: torch's, one per core]; on a busy machine 1 can be faster.")]
