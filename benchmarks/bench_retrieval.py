@@ -422,7 +422,8 @@ def report(quality_results: dict | None, calibration_rows: list[dict] | None, co
     lines = ["### Retrieval", ""]
     lines += [
         f"Measured by `benchmarks/bench_retrieval.py` on {platform.machine()} (2 shared cores; other jobs ran at "
-        f"the same time, so timings carry some noise), {args.threads} FAISS thread, faiss {faiss_version()}. "
+        f"the same time, so timings carry some noise), faiss {faiss_version()}, one FAISS thread unless a run's "
+        f"command below sets `--threads`. "
         f"Reproduce everything with `{args.command}` (about {seconds / 60:.0f} minutes here); the figures come "
         "from these runs, whose results the script merges:",
         "",
@@ -481,8 +482,8 @@ def report(quality_results: dict | None, calibration_rows: list[dict] | None, co
         for row in calibration_rows:
             lines.append(f"| {row['rep']} | {row['source']} | `{row['factory']}` | "
                          + " | ".join(f"{r:.3f}" for r in row["recall"].values()) + " |")
-        lines += ["", "The mixture is close to real data for raw vectors and harder than real data for whitened "
-                  "ones, so it does not flatter whitening.", ""]
+        lines += ["", "The mixture is close to real data for raw and PCA vectors and harder than real data for "
+                  "whitened ones, so it does not flatter whitening.", ""]
     if cost_rows:
         sizes = sorted({row["n"] for row in cost_rows})
         lines += [
