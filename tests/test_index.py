@@ -316,3 +316,36 @@ def test_build_tunes_the_search_knob_to_the_recall_target(pipe):
     assert hnsw.metadata["search"]["ef"] == 24 and "tuned" not in hnsw.metadata["search"]
     untuned = VectorIndex.build(vectors, [f"t{i}" for i in range(3000)], pipe, kind="ivf", tune=False)
     assert untuned.metadata["search"]["nprobe"] == untuned.metadata["nlist"] // 8
+
+
+def test_batched_search_matches_the_one_query_scan():
+    """The BLAS path taken for batches returns what FAISS's per-query scan returns."""
+    import faiss
+
+    rng = np.random.default_rng(3)
+    corpus = ix.normalized(rng.standard_normal((3000, 64)).astype(np.float32))
+    queries = ix.normalized(rng.standard_normal((300, 64)).astype(np.float32))
+    index = faiss.IndexFlatIP(64)
+    index.add(corpus)
+    scan_scores, scan_rows = index.search(queries, 10)  # 300 × 64 < FAISS's threshold: per-query scan
+    scores, rows = ix.faiss_search(index, queries, 10)
+    np.testing.assert_array_equal(rows, scan_rows)
+    np.testing.assert_allclose(scores, scan_scores, atol=1e-5)
+
+
+@pytest.mark.parametrize("n_queries, blas", [(1, False), (ix.BLAS_MIN_QUERIES - 1, False), (ix.BLAS_MIN_QUERIES, True)])
+def test_blas_threshold_lowered_for_batches_only_and_restored(n_queries, blas):
+    import faiss
+
+    seen = []
+
+    class Spy(faiss.IndexFlatIP):
+        def search(self, x, k, params=None):
+            seen.append(faiss.cvar.distance_compute_blas_threshold)
+            raise RuntimeError("interrupted")
+
+    before = faiss.cvar.distance_compute_blas_threshold
+    with pytest.raises(RuntimeError):
+        ix.faiss_search(Spy(8), np.zeros((n_queries, 8), np.float32), 3)
+    assert seen == [0 if blas else before]
+    assert faiss.cvar.distance_compute_blas_threshold == before

@@ -28,6 +28,7 @@ Index kinds (FAISS ``index_factory`` strings, ``METRIC_INNER_PRODUCT``):
 from __future__ import annotations
 
 import datetime
+import functools
 import hashlib
 import json
 import math
@@ -35,6 +36,7 @@ import os
 import re
 import shutil
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -67,6 +69,7 @@ MIN_PER_CENTROID = 39  # FAISS warns below this many training points per centroi
 PQ_TRAIN_PER_CENTROID = 64  # points per PQ centroid used to train each sub-quantizer
 KMEANS_ITERATIONS = 10  # FAISS's IVF default, also used for the PQ sub-quantizers
 ID_BYTES = 8  # an IVF list stores a 64-bit id per vector
+BLAS_MIN_QUERIES = 8  # from this many queries a call, BLAS beats FAISS's per-query scan (bench_search.py)
 
 
 # --------------------------------------------------------------------------- choosing an index
@@ -363,7 +366,8 @@ def tune_search(index, vectors: np.ndarray, plan: IndexPlan, *, target: float = 
     rows = np.sort(np.random.default_rng(seed + 1).choice(n, min(n, queries), replace=False))
     sample = np.ascontiguousarray(vectors[rows])
     k = min(K_TUNE + 1, n)
-    _, exact = faiss.knn(sample, vectors, k, metric=faiss.METRIC_INNER_PRODUCT)
+    with blas_for_batches(len(sample)):
+        _, exact = faiss.knn(sample, vectors, k, metric=faiss.METRIC_INNER_PRODUCT)
     truth = _drop_self(exact, rows, k - 1)
     seen: list[tuple[int, float]] = []
     for value in values:
@@ -391,20 +395,62 @@ def _search_params(index, nprobe: int | None, ef: int | None):
     """SearchParameters for this index type, or None for defaults."""
     import faiss
 
-    kind = faiss.downcast_index(index)
-    if isinstance(kind, faiss.IndexHNSW) and ef is not None:
-        return faiss.SearchParametersHNSW(efSearch=int(ef))
-    if isinstance(kind, faiss.IndexIVF) and nprobe is not None:
-        return faiss.SearchParametersIVF(nprobe=int(nprobe))
+    if nprobe is None and ef is None:
+        return None
+    if not isinstance(index, (faiss.IndexHNSW, faiss.IndexIVF)):  # indexes FAISS made are downcast already
+        index = faiss.downcast_index(index)
+    if isinstance(index, faiss.IndexHNSW) and ef is not None:
+        return _hnsw_params(int(ef))
+    if isinstance(index, faiss.IndexIVF) and nprobe is not None:
+        return _ivf_params(int(nprobe))
     return None
+
+
+@functools.lru_cache(maxsize=64)
+def _hnsw_params(ef: int):
+    """Made once per value: building the SWIG object takes a large share of a small search."""
+    import faiss
+
+    return faiss.SearchParametersHNSW(efSearch=ef)
+
+
+@functools.lru_cache(maxsize=64)
+def _ivf_params(nprobe: int):
+    import faiss
+
+    return faiss.SearchParametersIVF(nprobe=nprobe)
+
+
+@contextmanager
+def blas_for_batches(n_queries: int) -> Iterator[None]:
+    """Let FAISS compute a batch's exact inner products (flat search, IVF's coarse step) with BLAS.
+
+    FAISS 1.15 takes BLAS only once queries × dimension reaches ``distance_compute_blas_threshold``
+    (128,000), so a batch of 300 queries at 384 dimensions, or 1,900 at 64, is scanned one query
+    at a time, an order of magnitude slower. From ``BLAS_MIN_QUERIES`` queries the threshold is
+    lowered for the call and restored after (a FAISS global: not for concurrent searches from
+    several Python threads).
+    """
+    import faiss
+
+    if n_queries < BLAS_MIN_QUERIES:
+        yield
+        return
+    saved = faiss.cvar.distance_compute_blas_threshold
+    faiss.cvar.distance_compute_blas_threshold = 0
+    try:
+        yield
+    finally:
+        faiss.cvar.distance_compute_blas_threshold = saved
 
 
 def faiss_search(index, queries: np.ndarray, k: int, *, nprobe: int | None = None, ef: int | None = None):
     """``(scores, rows)`` of the ``k`` best rows per query; rows are −1 where fewer were found."""
     params = _search_params(index, nprobe, ef)
-    if params is None:
-        return index.search(queries, k)
-    return index.search(queries, k, params=params)
+    with blas_for_batches(len(queries)):
+        if params is None:
+            return index.search(queries, k)
+        return index.search(queries, k, params=params)
 
 
 # --------------------------------------------------------------------------- pipeline identity
