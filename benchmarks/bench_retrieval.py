@@ -31,7 +31,7 @@ import json
 import platform
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +55,7 @@ K = 10
 MARGIN = 0.01
 BOOTSTRAP = 4000
 PCA = "whitened k=128, γ=0 (PCA)"
+PQ_PEER = "ivfpq, PQ(d)"
 
 
 def say(message: str) -> None:
@@ -381,6 +382,13 @@ def calibration(raw_real: np.ndarray, args) -> list[dict]:
     return rows
 
 
+def pq_peer_plan(n: int, d: int) -> ix.IndexPlan:
+    """PQ with one 1-d sub-quantizer per dimension: the same bytes as the SQ8 that ``ivfpq`` builds
+    by default (and what it built before), measured beside it as its peer."""
+    half = ix.plan_index("ivfpq", n, d, pq_m=d // 2)
+    return replace(half, factory=f"IVF{half.nlist},PQ{d}", pq_m=d)
+
+
 def cost(raw_real: np.ndarray, args) -> list[dict]:
     mixture = Mixture.fit(raw_real, args.components)
     rows = []
@@ -393,9 +401,11 @@ def cost(raw_real: np.ndarray, args) -> list[dict]:
             q = ix.normalized(pipe.transform(xq))
             d = v.shape[1]
             kinds = ["flat", "ivf", "ivfpq"] + (["hnsw"] if n <= args.hnsw_max else [])
+            kinds += [PQ_PEER] if n <= args.pq_peer_max else []
             truth = centroids = None
-            for kind in kinds:
-                plan = ix.plan_index(kind, n, d)
+            for label in kinds:
+                plan = pq_peer_plan(n, d) if label == PQ_PEER else ix.plan_index(label, n, d)
+                kind = plan.kind
                 start = time.perf_counter()
                 timings: dict = {}
                 index = ix.build_faiss(v, plan, centroids=centroids if kind == "ivfpq" else None, timings=timings)
@@ -410,7 +420,7 @@ def cost(raw_real: np.ndarray, args) -> list[dict]:
                     knobs = {knob_name(kind): knob}
                 if kind == "ivfpq":  # its coarse k-means is the IVF index's (same vectors, same seed),
                     build += coarse_s  # trained once: count that training time here too
-                row = {"n": n, "rep": rep, "dim": d, "kind": kind, "factory": plan.factory,
+                row = {"n": n, "rep": rep, "dim": d, "kind": label, "factory": plan.factory,
                        "bytes": index_bytes(index), "build_s": build,
                        "knob": f"{knob_name(kind)}={knob}" if knob else "exact", "recall": recall,
                        "qps_single": qps_single(index, q, budget_s=args.single_budget, **knobs),
@@ -581,6 +591,14 @@ def knob_lines(rows: list[dict], quality_results: dict | None) -> list[str]:
             if len(found) > 1:
                 out.append(f"- N = {n:,}, {kind}: " + "; ".join(
                     f"{rep} {r['knob']}, {r['qps_single']:,.0f} q/s, {r['build_s']:.0f} s to build" for rep, r in found) + ".")
+        for rep in reps:
+            sq, pq = by.get((n, rep, "ivfpq")), by.get((n, rep, PQ_PEER))
+            if sq and pq:
+                out.append(f"- N = {n:,}, {rep}, one byte per dimension: `{sq['factory']}` against `{pq['factory']}` "
+                           f"({sq['bytes'] / pq['bytes']:.2f}× the bytes): built {pq['build_s'] / sq['build_s']:.1f}× "
+                           f"faster ({sq['build_s']:.0f} s against {pq['build_s']:.0f} s), recall@10 {sq['recall']:.3f} "
+                           f"at {sq['knob']} against {pq['recall']:.3f} at {pq['knob']}, {sq['qps_single']:,.0f} against "
+                           f"{pq['qps_single']:,.0f} q/s.")
     if quality_results:
         ivf = [r for r in quality_results["ann"] if r["kind"] == "ivf"]
         if len(ivf) > 1:
@@ -624,6 +642,8 @@ def main() -> None:
     parser.add_argument("--single-budget", type=float, default=2.0, help="seconds spent timing one-query calls")
     parser.add_argument("--rounds", type=int, default=5,
                         help="alternating timing rounds of the STS-B indexes (median round reported)")
+    parser.add_argument("--pq-peer-max", type=int, default=100_000,
+                        help="largest N at which PQ with one sub-quantizer per dimension is built beside SQ8")
     parser.add_argument("--threads", type=int, default=1, help="FAISS (OpenMP) threads")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--skip-quality", action="store_true")

@@ -61,13 +61,19 @@ def test_choose_index_follows_faiss_guidelines():
     assert "4·√N" in reason and "4096 lists" in reason
     factory, reason = choose_index(100_000, 384)
     assert factory == "IVF2048,Flat"
-    # memory tight: PQ codes, as many bytes per vector as fit
+    # memory a little tight: SQ8, one byte per dimension
+    factory, reason = choose_index(1_000_000, 128, max_memory=200 * 2**20)
+    assert factory == "IVF4096,SQ8" and "128-byte SQ8 codes" in reason
+    assert ix.estimate_bytes(plan_index("auto", 1_000_000, 128, max_memory=200 * 2**20), 1_000_000, 128) <= 200 * 2**20
+    # tighter: PQ codes, as many bytes per vector as fit
     factory, reason = choose_index(1_000_000, 128, max_memory=100 * 2**20)
     assert factory.startswith("IVF4096,PQ") and "--max-memory" in reason
     plan = plan_index("auto", 1_000_000, 128, max_memory=100 * 2**20)
     assert ix.estimate_bytes(plan, 1_000_000, 128) <= 100 * 2**20
     assert 128 % plan.pq_m == 0 and plan.pq_m >= 64
-    assert plan_index("ivfpq", 1_000_000, 128).pq_m == 128  # one byte per dimension by default
+    default = plan_index("ivfpq", 1_000_000, 128)  # one byte per dimension by default: SQ8
+    assert (default.factory, default.pq_m, default.scalar) == ("IVF4096,SQ8", 128, True)
+    assert plan_index("ivfpq", 1_000_000, 128, pq_m=64).factory == "IVF4096,PQ64"
     # small corpus whose vectors do not fit the budget is compressed too
     assert choose_index(50_000, 384, max_memory=10 * 2**20)[0].startswith("IVF")
     with pytest.raises(WhitenError, match="too small"):
@@ -96,7 +102,8 @@ def test_plan_rejects_bad_options():
     with pytest.raises(WhitenError, match="too few"):
         plan_index("ivf", 100, 8, nlist=64)
     with pytest.raises(WhitenError, match="too few"):
-        plan_index("ivfpq", 300, 8)
+        plan_index("ivfpq", 300, 8, pq_m=4)  # PQ codebooks need 39 × 16 points; SQ8 needs none
+    assert plan_index("ivfpq", 300, 8).factory.endswith(",SQ8")
 
 
 def test_parse_size():
@@ -112,10 +119,14 @@ def test_parse_size():
 # --------------------------------------------------------------------------- build and search
 
 
-@pytest.mark.parametrize("kind", ["flat", "hnsw", "ivf", "ivfpq", "auto"])
+@pytest.mark.parametrize("kind", ["flat", "hnsw", "ivf", "ivfpq", "ivfpq-pq", "auto"])
 def test_every_kind_finds_each_vector_itself(pipe, kind):
     vectors, label = clustered(2000, labels=True)
-    index = VectorIndex.build(vectors, [f"t{i}" for i in range(2000)], pipe, kind=kind)
+    options = {"pq_m": DIM_OUT // 2} if kind == "ivfpq-pq" else {}
+    kind = kind.removesuffix("-pq")
+    index = VectorIndex.build(vectors, [f"t{i}" for i in range(2000)], pipe, kind=kind, **options)
+    if kind == "ivfpq":
+        assert f",PQ{DIM_OUT // 2}" in index.factory if options else index.factory.endswith(",SQ8")
     assert len(index) == 2000 and index.dim == DIM_OUT
     hits = index.search(vectors[:50], k=5, nprobe=8)
     top1 = np.mean([query_hits[0].row == i for i, query_hits in enumerate(hits)])
