@@ -517,12 +517,16 @@ def report(quality_results: dict | None, calibration_rows: list[dict] | None, co
                   "whitened ones, so it does not flatter whitening.", ""]
     if cost_rows:
         sizes = sorted({row["n"] for row in cost_rows})
+        peer = [row["n"] for row in cost_rows if row["kind"] == PQ_PEER]
         lines += [
             f"**Cost at N = {' and '.join(f'{n:,}' for n in sizes)}** (mixture draws; {args.queries} queries "
             f"drawn the same way). Knob: the smallest power of two giving recall@10 ≥ {TARGET_RECALL} against "
             "flat search of the same vectors, or where recall stops growing (PQ codes cap it). Bytes: the "
             "serialized FAISS index. The ivfpq build time includes the coarse k-means, which the benchmark "
-            "trains once for ivf and ivfpq (same vectors, same seed).",
+            "trains once for ivf and ivfpq (same vectors, same seed). `ivfpq` is what `whiten index --kind "
+            "ivfpq` builds by default (SQ8, a byte per dimension)"
+            + (f"; up to N = {max(peer):,} PQ with one sub-quantizer per dimension (the same bytes, and "
+               "what it built before) is measured beside it." if peer else "."),
             "",
             "| N | vectors | index | bytes | build s | knob | recall@10 | q/s single | q/s batch |",
             "|---:|---|---|---:|---:|---|---:|---:|---:|",
@@ -626,7 +630,7 @@ def write_readme(path: Path, section: str) -> None:
         rest = text[start + len("### Retrieval"):]
         ends = [i for i in (rest.find("\n### "), rest.find("\n## ")) if i >= 0]
         end = start + len("### Retrieval") + min(ends) + 1 if ends else len(text)
-        text = text[:start] + section.rstrip("\n") + "\n" + text[end:]
+        text = text[:start] + section.rstrip("\n") + ("\n\n" if end < len(text) else "\n") + text[end:]
     else:
         text = text.rstrip("\n") + "\n\n" + section.rstrip("\n") + "\n"
     path.write_text(text, encoding="utf-8")
