@@ -73,6 +73,7 @@ def test_choose_index_follows_faiss_guidelines():
     assert 128 % plan.pq_m == 0 and plan.pq_m >= 64
     default = plan_index("ivfpq", 1_000_000, 128)  # one byte per dimension by default: SQ8
     assert (default.factory, default.pq_m, default.scalar) == ("IVF4096,SQ8", 128, True)
+    assert "scalar quantization (128 bytes per vector)" in default.reason
     assert plan_index("ivfpq", 1_000_000, 128, pq_m=64).factory == "IVF4096,PQ64"
     # small corpus whose vectors do not fit the budget is compressed too
     assert choose_index(50_000, 384, max_memory=10 * 2**20)[0].startswith("IVF")

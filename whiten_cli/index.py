@@ -224,7 +224,8 @@ def plan_index(
         return IndexPlan("ivf", f"IVF{lists},Flat", f"ivf: {lists} lists, as asked", nlist=lists,
                          train_size=_train_size(n, lists))
     m = pq_m or default_pq_m(dim)
-    return _ivfpq(n, dim, lists, m, f"ivfpq: {lists} lists, PQ with {m} sub-quantizers, as asked")
+    codes = f"8-bit scalar quantization ({m} bytes per vector)" if m == dim else f"PQ with {m} sub-quantizers"
+    return _ivfpq(n, dim, lists, m, f"ivfpq: {lists} lists, {codes}, as asked")
 
 
 def _ivfpq(n: int, dim: int, lists: int, m: int, reason: str) -> IndexPlan:
