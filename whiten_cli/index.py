@@ -413,25 +413,18 @@ def _search_params(index, nprobe: int | None, ef: int | None):
     if not isinstance(index, (faiss.IndexHNSW, faiss.IndexIVF)):  # indexes FAISS made are downcast already
         index = faiss.downcast_index(index)
     if isinstance(index, faiss.IndexHNSW) and ef is not None:
-        return _hnsw_params(int(ef))
+        return _cached_params("ef", int(ef))
     if isinstance(index, faiss.IndexIVF) and nprobe is not None:
-        return _ivf_params(int(nprobe))
+        return _cached_params("nprobe", int(nprobe))
     return None
 
 
-@functools.lru_cache(maxsize=64)
-def _hnsw_params(ef: int):
+@functools.lru_cache(maxsize=128)
+def _cached_params(knob: str, value: int):
     """Made once per value: building the SWIG object takes a large share of a small search."""
     import faiss
 
-    return faiss.SearchParametersHNSW(efSearch=ef)
-
-
-@functools.lru_cache(maxsize=64)
-def _ivf_params(nprobe: int):
-    import faiss
-
-    return faiss.SearchParametersIVF(nprobe=nprobe)
+    return faiss.SearchParametersHNSW(efSearch=value) if knob == "ef" else faiss.SearchParametersIVF(nprobe=value)
 
 
 @contextmanager
