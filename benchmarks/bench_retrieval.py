@@ -3,17 +3,20 @@
 Quality. The corpus is every distinct sentence of STS-B (train, dev and test: 15,487). Each pair
 scored ≥ 4 (sentence1 ≠ sentence2) makes sentence1 a query and sentence2 a relevant document; a
 query's own sentence is left out of its results. MRR@10, recall@1 and recall@10 of exact (flat)
-search, for raw vectors, whitening k = 384/256/128/64 (fitted on the corpus) and a JL projection,
-with the default model's own (mean) pooling and with CLS pooling. Then the approximate index kinds
-on the same real vectors (raw-384 and whitened-128, mean pooling).
+search, for raw vectors, whitening k = 384/256/128/64 (fitted on the corpus), k = 128 with γ = 0.5
+and γ = 0 (PCA), and JL projections, with the default model's own (mean) pooling, CLS and
+first-last-avg; each 128-d variant against the issue's target, with a paired bootstrap interval of
+ΔMRR@10. Then the approximate index kinds on the same real vectors (raw-384, whitened-128 and
+PCA-128, mean pooling).
 
 Cost. Vectors drawn from a Gaussian mixture fitted to the corpus's mean-pooled vectors (one
 Gaussian, once whitened, is isotropic and has no neighbourhood structure at all; a calibration
 step measures how each synthetic source compares with the real vectors for IVF), N = 100k and 1M,
-raw-384 (normalized) against whitened-128: index bytes, build time, queries per second (one query
-a call, and 1000 queries in one call) and recall@10 of hnsw/ivf/ivfpq against flat search of the
-same vectors. For each approximate index the search knob (efSearch, nprobe) is raised until
-recall@10 ≥ 0.95, and the speed is measured there.
+raw-384 (normalized) against whitened-128 and PCA-128: index bytes, build time, queries per
+second (one query a call, and 1000 queries in one call) and recall@10 of hnsw/ivf/ivfpq against
+flat search of the same vectors. For each approximate index the search knob (efSearch, nprobe) is raised until
+recall@10 ≥ 0.95, and the speed is measured there. ivfpq is whiten's default (SQ8); up to
+--pq-peer-max, PQ with one sub-quantizer per dimension (the same bytes) is measured beside it.
 
 Figures of earlier runs are kept in CACHE_DIR/results.json, so parts can be run apart
 (--skip-quality, --skip-cost, --sizes) and the README section is written from all of them.
@@ -126,12 +129,12 @@ def variants(raw: np.ndarray, pooling: str) -> list[tuple[str, Pipeline]]:
 # --------------------------------------------------------------------------- measures
 
 
-def per_query(hits, queries: list[int], relevant: list[set[int]]) -> dict[str, np.ndarray]:
-    """Each query's reciprocal rank of its first relevant document in the top K (0 if none),
-    recall@1 and recall@10; the query's own sentence is skipped."""
+def per_query(found: np.ndarray, queries: list[int], relevant: list[set[int]]) -> dict[str, np.ndarray]:
+    """From each query's found rows (−1 padded): the reciprocal rank of its first relevant document
+    in the top K (0 if none), recall@1 and recall@10; the query's own sentence is skipped."""
     rr, r1, r10 = [], [], []
-    for q, rel, query_hits in zip(queries, relevant, hits):
-        ranked = [hit.row for hit in query_hits if hit.row != q][:K]
+    for q, rel, rows in zip(queries, relevant, found):
+        ranked = [int(row) for row in rows if row != q and row >= 0][:K]
         first = next((i for i, row in enumerate(ranked) if row in rel), None)
         rr.append(0.0 if first is None else 1.0 / (first + 1))
         r1.append(len(rel & set(ranked[:1])) / len(rel))
@@ -255,7 +258,7 @@ def quality(vectors: dict[str, np.ndarray], corpus, queries, relevant, args) -> 
             x = pipe.transform(raw)
             index = ix.VectorIndex.build(x, docs, pipe, kind="flat")
             q = ix.normalized(x[queries])
-            per = per_query(index.search(q, K + 1), queries, relevant)
+            per = per_query(ix.faiss_search(index.faiss_index, q, K + 1)[1], queries, relevant)
             if name == "raw":
                 raw_rr = per["mrr10"]
                 default_rr = raw_rr if pooling == "model" else default_rr
@@ -286,12 +289,12 @@ def quality(vectors: dict[str, np.ndarray], corpus, queries, relevant, args) -> 
             build = time.perf_counter() - start  # includes the tuning of nprobe/ef
             defaults = index.metadata["search"]
             knobs = {"nprobe": defaults.get("nprobe"), "ef": defaults.get("ef")}
-            found = without_self(ix.faiss_search(index.faiss_index, q, K + 1, **knobs)[1], queries)
-            scores = retrieval_scores(per_query(index.search(q, K + 1), queries, relevant))
+            found = ix.faiss_search(index.faiss_index, q, K + 1, **knobs)[1]
+            scores = retrieval_scores(per_query(found, queries, relevant))
             rows.append({"variant": name, "kind": kind, "factory": index.factory, "dim": pipe.output_dim,
                          "knob": ", ".join(f"{k}={v}" for k, v in knobs.items() if v is not None) or "exact",
                          "bytes": index_bytes(index.faiss_index), "build_s": build, **scores,
-                         "recall_vs_flat": recall_against(found, truth)})
+                         "recall_vs_flat": recall_against(without_self(found, queries), truth)})
             timed.append((index.faiss_index, q, knobs))
         for row, (single, batch) in zip(rows, interleaved_qps(timed, args.single_budget, args.rounds)):
             row.update(qps_single=single, qps_batch=batch)
