@@ -454,9 +454,8 @@ def index_(
         _report_truncation(encoder, len(records))
         matrix = pipe.transform(raw)
     if append:
-        existing.add(matrix, docs)
-        existing.save(output)
-        typer.echo(f"added {len(docs)} documents to {output} ({len(existing)} in all, {existing.factory})")
+        appended = ix.append_records(output, matrix, records, corpus, pipe)  # under the lock, onto the latest index
+        typer.echo(f"added {len(docs)} documents to {output} ({len(appended)} in all, {appended.factory})")
         return
     built = ix.VectorIndex.build(matrix, docs, pipe, kind=kind or "auto", max_memory=budget, nlist=nlist, pq_m=pq_m,
                                  hnsw_m=hnsw_m, nprobe=nprobe, ef=ef, seed=seed)
@@ -562,8 +561,16 @@ def search(
             typer.echo(f"{prefix}{hit.rank}\t{hit.score:.4f}\t{_clean(hit.id)}\t{_clean(hit.text)}")
 
 
+def _terminated(signum, frame) -> None:
+    typer.echo("terminated", err=True)
+    raise SystemExit(128 + signum)
+
+
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point. SIGTERM unwinds like Ctrl-C (temporary files are removed), exit 143."""
+    import signal
+
+    signal.signal(signal.SIGTERM, _terminated)
     app()
 
 

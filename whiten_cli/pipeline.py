@@ -19,7 +19,7 @@ import numpy as np
 from whiten_cli import __version__
 from whiten_cli.errors import WhitenError
 from whiten_cli.projection import RandomProjection
-from whiten_cli.storage import atomic_directory
+from whiten_cli.storage import atomic_directory, reads_one_version
 from whiten_cli.whitening import Whitening
 
 FORMAT = "whiten-pipeline"
@@ -130,6 +130,7 @@ class Pipeline:
         return Path(path)
 
     @classmethod
+    @reads_one_version
     def load(cls, path: str | os.PathLike[str]) -> Pipeline:
         from safetensors import SafetensorError
         from safetensors.numpy import load_file
