@@ -349,3 +349,174 @@ def test_rebuilding_replaces_the_index_with_a_note(built, tmp_path):
     assert result.exit_code == 0, result.output
     assert "note: replacing the index" in result.stderr
     assert json.loads((folder / "index.json").read_text())["count"] == 2
+
+
+# --------------------------------------------------------------------------- trust: concurrency, signals, corrupt files
+
+ROOT = Path(__file__).resolve().parents[1]
+
+APPENDER = """
+import sys, time
+from pathlib import Path
+import numpy as np
+from whiten_cli.cli import app
+
+folder, go, name, rounds, dim = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+work = folder.parent / f"work-{name}"
+work.mkdir()
+while not go.exists():
+    time.sleep(0.001)
+for i in range(rounds):
+    corpus = work / f"{i}.txt"
+    corpus.write_text(f"{name} text {i}\\n{name} other text {i}\\n", encoding="utf-8")
+    np.save(work / f"{i}.npy", np.random.default_rng([ord(name), i]).standard_normal((2, dim)).astype(np.float32))
+    app(["index", str(corpus), "-o", str(folder), "--append", "--vectors", str(work / f"{i}.npy")],
+        standalone_mode=False)
+"""
+
+
+def python(script: str, *args, **popen):
+    env = {**__import__("os").environ, "PYTHONPATH": str(ROOT)}
+    import subprocess
+    import sys
+
+    return subprocess.Popen([sys.executable, "-c", script, *map(str, args)], env=env, **popen)
+
+
+def test_concurrent_appends_from_two_processes_all_land(built, tmp_path):
+    folder, _ = built
+    rounds = 8
+    go = tmp_path / "go"
+    workers = [python(APPENDER, folder, go, name, rounds, 8) for name in "ab"]
+    go.touch()
+    while any(worker.poll() is None for worker in workers):  # a reader meanwhile sees whole versions only
+        seen = ix.VectorIndex.load(folder)
+        assert seen.document(len(seen) - 1).id == str(len(seen))
+    assert [worker.wait(timeout=300) for worker in workers] == [0, 0]
+    index = ix.VectorIndex.load(folder)
+    assert len(index) == len(SENTENCES) + 2 * 2 * rounds
+    docs = [index.document(row) for row in range(len(index))]
+    assert [doc.id for doc in docs] == [str(row + 1) for row in range(len(index))]  # numbered in index order
+    assert sorted(doc.text for doc in docs[len(SENTENCES):]) == sorted(
+        f"{name} {kind}text {i}" for name in "ab" for kind in ("", "other ") for i in range(rounds))
+    offsets = np.load(folder / ix.OFFSETS_FILE)
+    assert len(offsets) == len(index) + 1 and int(offsets[-1]) == (folder / ix.DOCS_FILE).stat().st_size
+    for row in (0, len(index) - 1):  # the vectors and the documents are in step
+        hit = index.search(index.faiss_index.reconstruct(row)[None, :], k=1)[0][0]
+        assert (hit.row, hit.id) == (row, str(row + 1))
+    found = run("search", folder, SENTENCES[1], "-k", "1", "--json")
+    assert found.exit_code == 0 and json.loads(found.stdout)["id"] == "2"
+
+
+STOPPED_WRITER = """
+import os, signal, sys, time
+from pathlib import Path
+import faiss
+
+ready, how = Path(sys.argv[1]), sys.argv[2]
+
+def stalled_write(index, path):
+    Path(path).write_bytes(b"partial")
+    ready.touch()
+    if how == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    time.sleep(300)
+
+faiss.write_index = stalled_write
+from whiten_cli.cli import main
+sys.argv = ["whiten", *sys.argv[3:]]
+main()
+"""
+
+
+def stopped_writer(tmp_path, how: str, *args):
+    import subprocess
+    import time
+
+    ready = tmp_path / "ready"
+    ready.unlink(missing_ok=True)
+    writer = python(STOPPED_WRITER, ready, how, *args, stderr=subprocess.PIPE, text=True)
+    while not ready.exists() and writer.poll() is None:
+        time.sleep(0.01)
+    return writer
+
+
+def temporary_folders(folder: Path) -> list[str]:
+    return [p.name for p in folder.parent.iterdir() if p.name.startswith(f".{folder.name}.")]
+
+
+def test_sigterm_during_a_build_exits_143_and_removes_its_temporary_folder(built, tmp_path):
+    import signal
+
+    folder, pipe = built
+    before = folder_digest(folder)
+    np.save(tmp_path / "vectors.npy", np.random.default_rng(0).standard_normal((len(SENTENCES), 8)).astype(np.float32))
+    writer = stopped_writer(tmp_path, "term", "index", tmp_path / "corpus.txt", "--pipeline", pipe, "-o", folder,
+                            "--vectors", tmp_path / "vectors.npy")
+    writer.send_signal(signal.SIGTERM)
+    code, stderr = writer.wait(timeout=60), writer.stderr.read()
+    assert code == 143, stderr
+    assert "Traceback" not in stderr and "terminated" in stderr
+    assert temporary_folders(folder) == []
+    assert folder_digest(folder) == before
+
+
+def test_sigkill_during_an_append_keeps_the_index_and_the_next_run_cleans_up(built, tmp_path):
+    folder, _ = built
+    before = folder_digest(folder)
+    more = write(tmp_path / "more.txt", "A cat sleeps on the sofa.\n")
+    np.save(tmp_path / "vectors.npy", np.ones((1, 8), dtype=np.float32))
+    writer = stopped_writer(tmp_path, "kill", "index", more, "-o", folder, "--append", "--vectors", tmp_path / "vectors.npy")
+    assert writer.wait(timeout=60) == -9, writer.stderr.read()
+    assert folder_digest(folder) == before and temporary_folders(folder) != []
+    assert run("search", folder, SENTENCES[0], "-k", "1").exit_code == 0
+    assert run("index", more, "-o", folder, "--append").exit_code == 0
+    assert temporary_folders(folder) == []
+    assert json.loads((folder / "index.json").read_text())["count"] == len(SENTENCES) + 1
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("dim", "8", "'dim' must be a positive integer, got \"8\""),
+    ("count", -1, "'count' must be a positive integer, got -1"),
+    ("search", "fast", "'search' must be an object"),
+    ("format_version", "1", "'format_version' must be a positive integer"),
+    ("kind", 3, "'kind' must be one of flat, hnsw, ivf, ivfpq, got 3"),
+    ("pipeline", ["x"], "'pipeline' must be an object"),
+], ids=["dim", "count", "search", "format_version", "kind", "pipeline"])
+def test_index_json_with_a_field_of_the_wrong_type_or_range(built, tmp_path, field, value, message):
+    folder, _ = built
+    meta = json.loads((folder / "index.json").read_text())
+    meta[field] = value
+    write(folder / "index.json", json.dumps(meta))
+    assert_one_line_error(run("search", folder, "query"), f"{folder / 'index.json'}: ", message)
+    more = write(tmp_path / "more.txt", "One more.\n")
+    assert_one_line_error(run("index", more, "-o", folder, "--append"), "index.json", message)
+
+
+@pytest.mark.parametrize("damage", ["past", "order"])
+def test_offsets_past_the_file_or_not_increasing(built, tmp_path, damage):
+    folder, _ = built
+    offsets = np.load(folder / ix.OFFSETS_FILE)
+    if damage == "past":
+        offsets[3] = offsets[-1] + 10**12
+        expected = "is past the end of docs.jsonl"
+    else:
+        offsets[2], offsets[3] = offsets[3], offsets[2]
+        expected = "offsets must increase"
+    np.save(folder / ix.OFFSETS_FILE, offsets)
+    assert_one_line_error(run("search", folder, SENTENCES[2], "-k", "1"), "docs.offsets.npy: entry 3 (", expected)
+    more = write(tmp_path / "more.txt", "One more.\n")
+    assert_one_line_error(run("index", more, "-o", folder, "--append"), "docs.offsets.npy: entry 3 (", expected)
+
+
+def test_garbled_docs_line_names_file_and_line(built, tmp_path):
+    folder, _ = built
+    docs = folder / ix.DOCS_FILE
+    lines = docs.read_bytes().splitlines(keepends=True)
+    lines[2] = b"{" + b"#" * (len(lines[2]) - 2) + b"\n"  # same length: the offsets still agree
+    docs.write_bytes(b"".join(lines))
+    assert_one_line_error(run("search", folder, SENTENCES[2], "-k", "1"), f"{docs}:3: ", "not a JSON document line")
+    more = write(tmp_path / "more.txt", "One more.\n")
+    before = folder_digest(folder)
+    assert_one_line_error(run("index", more, "-o", folder, "--append"), f"{docs}:3: ", "not a JSON document line")
+    assert folder_digest(folder) == before

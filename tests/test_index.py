@@ -242,6 +242,16 @@ def test_append_to_index_helper_and_id_clash(saved):
     assert len(VectorIndex.load(folder)) == 302
 
 
+def test_append_refuses_vectors_of_a_pipeline_the_index_no_longer_has(saved):
+    """Another process may rebuild the index while an append encodes: its vectors must not land."""
+    folder, _ = saved
+    with pytest.raises(WhitenError, match="rebuilt with another pipeline"):
+        ix.append_to_index(folder, clustered(1), ["late"], pipeline=tiny_pipeline(seed=1))
+    assert len(VectorIndex.load(folder)) == 300
+    ix.append_to_index(folder, clustered(1), ["in time"], pipeline=tiny_pipeline())
+    assert VectorIndex.load(folder).document(300) == Document("301", "in time")
+
+
 @pytest.mark.parametrize("error", [RuntimeError("disk full"), KeyboardInterrupt()])
 def test_interrupted_append_leaves_the_index_byte_identical(saved, monkeypatch, error):
     import faiss

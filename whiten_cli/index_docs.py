@@ -85,15 +85,16 @@ def check_offsets(offsets: np.ndarray, size: int, offsets_path: Path, docs_path:
         raise InputError(offsets_path, f"does not start at byte 0 of {DOCS_FILE}")
     for start in range(0, len(offsets) - 1, chunk):
         part = np.asarray(offsets[start : start + chunk + 1])
+        past = part > size
+        if past.any():
+            bad = start + int(np.argmax(past))
+            raise InputError(offsets_path, f"entry {bad} ({int(offsets[bad])}) is past the end of {DOCS_FILE} "
+                                           f"({size} bytes): the files do not match")
         rising = part[1:] > part[:-1]
         if not rising.all():
             bad = start + 1 + int(np.argmin(rising))
             raise InputError(offsets_path, f"entry {bad} ({int(offsets[bad])}) does not come after entry {bad - 1} "
                                            f"({int(offsets[bad - 1])}): offsets must increase")
-        if int(part[-1]) > size:  # increasing: the last is the largest
-            bad = start + int(np.argmax(part > size))
-            raise InputError(offsets_path, f"entry {bad} ({int(offsets[bad])}) is past the end of {DOCS_FILE} "
-                                           f"({size} bytes): the files do not match")
     if int(offsets[-1]) != size:
         raise InputError(docs_path, f"{size} bytes, but {OFFSETS_FILE} ends at byte {int(offsets[-1])}: "
                                     f"the files do not match (the folder was modified)")
