@@ -176,7 +176,8 @@ def test_read_only_database_warns_and_works(tiny_model, tmp_path, monkeypatch):
     # chmod 0444 does not stop root (CI runs as root): open the file the way SQLite opens a file it
     # may not write, read-only, so that its writes fail as they would for any other user.
     connect = sqlite3.connect
-    monkeypatch.setattr(sqlite3, "connect", lambda path, **options: connect(f"file:{path}?mode=ro", uri=True, **options))
+    monkeypatch.setattr(sqlite3, "connect",
+                        lambda path, **options: connect(f"file:{path}?mode=ro", uri=True, **options))
     with pytest.warns(UserWarning, match="embedding cache"):
         cache = EmbeddingCache(tmp_path)
     assert not cache.enabled

@@ -157,7 +157,7 @@ def test_real_full_disk(tiny_model, corpus, full_disk, command):
         (OSError(errno.EIO, "Input/output error"), ["Input/output error"]),
         (UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte"), ["not valid Unicode"]),
         (sqlite3.OperationalError("database or disk is full"), ["database error (database or disk is full)"]),
-        (RuntimeError("Error in faiss::Index::search at index.cpp:12: Error: 'k > 0' failed:\nbad k"), ["FAISS: bad k"]),
+        (RuntimeError("Error in faiss::Index::search at x.cpp:12: Error: 'k > 0' failed:\nbad k"), ["FAISS: bad k"]),
         (WhitenError("first line\n  second line"), ["first line second line"]),
     ],
 )
@@ -218,10 +218,12 @@ class FakeClock:
 
 
 def test_progress_line_has_counts_and_rate(monkeypatch, capsys):
-    monkeypatch.setattr(cli, "_clock", FakeClock(10.0))  # start at 0; the update below reads 10 s
+    monkeypatch.setattr(cli, "_clock", FakeClock(10.0))  # created at 0 s, then 10 s (the model loaded), 20 s
     with cli._ProgressBar("encoding") as bar:
+        bar(6_400, 50_000)
         bar(12_800, 50_000)
-    assert capsys.readouterr().err.splitlines() == ["encoding: 12,800/50,000 texts (1,280/s)"]
+    assert capsys.readouterr().err.splitlines() == ["encoding: 6,400/50,000 texts",
+                                                    "encoding: 12,800/50,000 texts (640/s)"]
 
 
 @pytest.mark.parametrize("quiet", [False, True])
@@ -337,8 +339,9 @@ def test_constant_similarities_name_the_subset(tmp_path):
     from whiten_cli.benchmarks import Dataset, PairSet
     from whiten_cli.evaluate import score_dataset
 
-    subset = PairSet("MSRpar", ["a", "b", "c"], ["d", "e", "f"], np.array([1.0, 2.0, 3.0]), tmp_path / "STS.input.MSRpar.txt")
+    source = tmp_path / "STS.input.MSRpar.txt"
+    subset = PairSet("MSRpar", ["a", "b", "c"], ["d", "e", "f"], np.array([1.0, 2.0, 3.0]), source)
     same = np.ones((6, 4), dtype=np.float32)  # every sentence the same vector: every cosine is 1
     with pytest.raises(WhitenError) as info:
         score_dataset(Dataset("sts12", [subset]), same)
-    assert str(info.value) == f"{tmp_path / 'STS.input.MSRpar.txt'}: every cosine similarity is 1: a correlation needs values that vary"
+    assert str(info.value) == f"{source}: every cosine similarity is 1: a correlation needs values that vary"

@@ -122,7 +122,8 @@ class _ProgressBar:
             console=console, transient=True, disable=quiet or not console.is_terminal,
         )
         self._task = self._progress.add_task(label, total=None)
-        self._start = self._last_line = _clock()
+        self._last_line = _clock()
+        self._first: tuple[float, int] | None = None  # (time, count) of the first report: the model is loaded
         self._printed: tuple[int, int] | None = None
         self._latest: tuple[int, int] | None = None
 
@@ -139,12 +140,17 @@ class _ProgressBar:
         self._progress.update(self._task, completed=done, total=total)
         self._latest = (done, total)
         now = _clock()
+        if self._first is None:
+            self._first = (now, done)
         if self._lines and now - self._last_line >= self.interval:
             self._line(done, total, now)
 
     def _line(self, done: int, total: int, now: float) -> None:
-        rate = done / max(now - self._start, 1e-9)
-        _say(f"{self._label}: {done:,}/{total:,} texts ({rate:,.0f}/s)")
+        """``encoding: 12,800/50,000 texts (256/s)``: the rate since the first report, which leaves out
+        loading the model and texts found in the cache; none yet at the first report."""
+        started, done_then = self._first
+        rate = f" ({(done - done_then) / (now - started):,.0f}/s)" if now > started else ""
+        _say(f"{self._label}: {done:,}/{total:,} texts{rate}")
         self._last_line, self._printed = now, (done, total)
 
 
