@@ -150,6 +150,76 @@ def test_load_arrays_not_matching_metadata(tmp_path):
     assert str(folder) in str(info.value)
 
 
+def _rewrite_arrays(folder, change) -> None:
+    from safetensors.numpy import load_file, save_file
+
+    arrays = load_file(str(folder / ARRAYS_FILE))
+    change(arrays)
+    save_file(arrays, str(folder / ARRAYS_FILE))
+
+
+def _set(name, value):
+    return lambda arrays: arrays.__setitem__(name, value)
+
+
+def _poison(name, value):
+    def change(arrays):
+        arrays[name] = arrays[name].copy()
+        arrays[name].flat[3] = value
+    return change
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (_poison("kernel", np.nan), "'kernel' holds NaN or infinite"),
+        (_poison("mean", np.inf), "'mean' holds NaN or infinite"),
+        (_poison("projection", -np.inf), "'projection' holds NaN or infinite"),
+        (_poison("eigenvalues", np.nan), "'eigenvalues' holds NaN or infinite"),
+        (_set("mean", np.zeros(10)), "'mean' has shape (10,)"),  # mean and kernel disagree
+        (_set("kernel", np.zeros((16, 5))), "'kernel' has shape (16, 5)"),  # kernel and projection disagree
+        (_set("projection", np.zeros((8, 3), dtype=np.float32)), "'projection' has shape (8, 3)"),
+        (_set("kernel", np.zeros((16, 8), dtype=np.int64)), "'kernel' is int64, not floating point"),
+        (lambda arrays: arrays.pop("projection"), "no 'projection' array"),
+    ],
+)
+def test_load_refuses_arrays_that_are_not_finite_or_disagree(tmp_path, change, message):
+    folder = make_pipeline().save(tmp_path / "pipe")
+    _rewrite_arrays(folder, change)
+    with pytest.raises(WhitenError) as info:
+        Pipeline.load(folder)
+    assert str(info.value).startswith(f"{folder / ARRAYS_FILE}: ") and message in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("input_dim", 12, "'mean' has shape (16,), but pipeline.json (input_dim 12) gives (12,)"),
+        ("input_dim", "16", "input_dim is '16', not a positive integer"),
+        ("max_length", "64", "max_length is '64', not a positive integer"),
+        ("max_length", True, "max_length is True, not a positive integer"),
+        ("normalize", "false", "normalize is 'false', not true or false"),
+        ("pooling", 3, "pooling is 3, not a string"),
+        ("model", "some/model", "model is 'some/model', not an object"),
+        ("whitening", {"k": 8, "beta": "1", "gamma": 0.75}, "whitening.beta is '1', not a number in [0, 1]"),
+        ("whitening", {"k": 8, "beta": 1.0}, "missing 'whitening.gamma'"),
+        ("projection", {"kind": "gaussian-jl", "n": 4, "seed": 7.5}, "projection.seed is 7.5, not an integer"),
+        ("projection", [4], "projection is [4], not an object or null"),
+        ("info", ["corpus.txt"], "info is ['corpus.txt'], not an object"),
+    ],
+)
+def test_load_refuses_metadata_of_the_wrong_type(tmp_path, field, value, message):
+    folder = make_pipeline().save(tmp_path / "pipe")
+    meta = json.loads((folder / METADATA_FILE).read_text())
+    meta[field] = value
+    (folder / METADATA_FILE).write_text(json.dumps(meta))
+    with pytest.raises(WhitenError) as info:
+        Pipeline.load(folder)
+    assert message in str(info.value)
+    named = ARRAYS_FILE if "has shape" in message else METADATA_FILE
+    assert str(info.value).startswith(f"{folder / named}: ")
+
+
 def test_check_model_refuses_other_weights():
     pipeline = make_pipeline()
     pipeline.check_model("0123456789abcdef", "anything")  # same weights under another name: fine
@@ -209,13 +279,24 @@ def test_fit_pipeline_streams_chunks_like_one_pass(encoder):
     seen = []
     chunked = fit_pipeline(texts, encoder, options, chunk_size=7, progress=lambda done, total: seen.append((done, total)))
     whole = fit_pipeline(texts, encoder, options)
-    assert seen[-1] == (80, 80) and len(seen) == 12
+    assert seen == sorted(seen) and seen[-1] == (80, 80)
+    assert {done for done, _ in seen} == {min(7 * i, 80) for i in range(1, 13)}
     np.testing.assert_allclose(chunked.whitening.kernel, whole.whitening.kernel, rtol=1e-6, atol=1e-8)
     assert chunked.info["fitted_on"] == 80
     assert (chunked.model, chunked.model_fingerprint) == (encoder.source.name, encoder.source.fingerprint)
     assert (chunked.pooling, chunked.input_dim, chunked.output_dim) == ("first-last-avg", HIDDEN, 12)
     y = whole.whitening.transform(encoder.encode(texts))
     np.testing.assert_allclose(np.cov(y, rowvar=False), np.eye(12), atol=1e-4)
+
+
+def test_fit_pipeline_reports_progress_batch_by_batch_within_a_chunk(tiny_model):
+    from whiten_cli.encoder import Encoder
+
+    small_batches = Encoder(str(tiny_model), pooling="first-last-avg", batch_size=8)
+    seen = []
+    fit_pipeline(sample_sentences(40), small_batches, FitOptions(n_components=4), chunk_size=4096,
+                 progress=lambda done, total: seen.append((done, total)))
+    assert [done for done, _ in seen][:5] == [8, 16, 24, 32, 40] and {total for _, total in seen} == {40}
 
 
 def test_fit_pipeline_options(encoder):

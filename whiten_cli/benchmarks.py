@@ -48,6 +48,7 @@ class PairSet:
     sentences1: list[str]
     sentences2: list[str]
     scores: np.ndarray
+    path: Path | None = None  # the file the pairs were read from, for error messages
 
     def __len__(self) -> int:
         return len(self.scores)
@@ -203,7 +204,7 @@ def _pair_set(path: Path, name: str, lines: Lines, rows: list[tuple[int, str, st
     if not rows:
         raise InputError(path, "no sentence pairs", lines[-1][0] if lines else 1)
     scores = np.array([_score(path, raw, number) for number, _, _, raw in rows], dtype=np.float64)
-    return PairSet(name, [row[1] for row in rows], [row[2] for row in rows], scores)
+    return PairSet(name, [row[1] for row in rows], [row[2] for row in rows], scores, path)
 
 
 def _load_header_table(

@@ -7,6 +7,7 @@ Heavy libraries (torch, transformers, faiss, numpy) are imported inside commands
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -14,26 +15,44 @@ import click
 import typer
 from typer.core import TyperGroup
 
-from whiten_cli.errors import WhitenError
+from whiten_cli.errors import InputError, WhitenError, describe_fault, one_line, writing
 
 
 class _Group(TyperGroup):
-    """Prints a WhitenError as one line on stderr and exits with code 2, without a traceback;
-    warnings are one line too."""
+    """The edge of every command: no traceback reaches the user.
+
+    A WhitenError, or a fault of the machine or of a damaged file (disk full, out of memory,
+    unreadable database...), is one ``error:`` line on stderr and exit code 2; anything else is a
+    bug, reported as one ``error: internal error`` line and exit code 1 (WHITEN_DEBUG=1 re-raises
+    it, and every fault other than a WhitenError, for the traceback). Warnings are one line too.
+    """
 
     def invoke(self, ctx: click.Context):
+        import os
         import warnings
 
         try:
             with warnings.catch_warnings():
-                warnings.showwarning = lambda message, *_, **__: typer.echo(f"warning: {message}", err=True)
+                warnings.showwarning = lambda message, *_, **__: typer.echo(f"warning: {one_line(message)}", err=True)
                 return super().invoke(ctx)
+        except (typer.Exit, typer.Abort, click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise  # help, usage errors and exit codes: click's own
         except WhitenError as exc:
-            typer.echo(f"error: {exc}", err=True)
+            typer.echo(f"error: {one_line(exc)}", err=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             typer.echo("interrupted", err=True)
             raise typer.Exit(130) from None
+        except Exception as exc:
+            if os.environ.get("WHITEN_DEBUG", "") not in ("", "0"):
+                raise
+            fault = describe_fault(exc)
+            if fault is not None:
+                typer.echo(f"error: {one_line(fault)}", err=True)
+                raise typer.Exit(2) from None
+            typer.echo(f"error: internal error ({type(exc).__name__}: {one_line(exc)}); "
+                       "set WHITEN_DEBUG=1 for the traceback", err=True)
+            raise typer.Exit(1) from None
 
 
 app = typer.Typer(
@@ -60,6 +79,7 @@ SkipEmptyOpt = Annotated[bool, typer.Option("--skip-empty", help="Skip empty tex
 ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", help="CPU threads for the model [default: torch's, one per core]; on a busy machine 1 can be faster.")]
 NoCacheOpt = Annotated[bool, typer.Option("--no-cache", help="Encode every text again; neither read nor write the embedding cache.")]
 CacheDirOpt = Annotated[Optional[Path], typer.Option("--cache-dir", help="Embedding cache folder [default: $WHITEN_CACHE_DIR, else ~/.cache/whiten].")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress on stderr (a bar on a terminal, else a line every 10 s).")]
 
 
 def _settings(config: str | None, **flags) -> dict:
@@ -77,19 +97,35 @@ def _say(message: str) -> None:
     typer.echo(message, err=True)
 
 
-class _ProgressBar:
-    """A rich progress bar on stderr when it is a terminal; silent otherwise."""
+def _clock() -> float:
+    return time.monotonic()
 
-    def __init__(self, label: str):
+
+class _ProgressBar:
+    """Progress of a long encoding on stderr.
+
+    A rich bar on a terminal; elsewhere (a log, a pipe) a line every ``interval`` seconds with the
+    counts and the rate, so that a long run in a log is not silent; nothing when ``quiet``.
+    """
+
+    interval = 10.0  # seconds between two lines when stderr is not a terminal
+
+    def __init__(self, label: str, quiet: bool = False):
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
         console = Console(stderr=True)
+        self._label = label
+        self._lines = not quiet and not console.is_terminal
         self._progress = Progress(
             "[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-            console=console, transient=True, disable=not console.is_terminal,
+            console=console, transient=True, disable=quiet or not console.is_terminal,
         )
         self._task = self._progress.add_task(label, total=None)
+        self._last_line = _clock()
+        self._first: tuple[float, int] | None = None  # (time, count) of the first report: the model is loaded
+        self._printed: tuple[int, int] | None = None
+        self._latest: tuple[int, int] | None = None
 
     def __enter__(self):
         self._progress.start()
@@ -97,9 +133,25 @@ class _ProgressBar:
 
     def __exit__(self, *exc):
         self._progress.stop()
+        if exc[0] is None and self._printed is not None and self._latest != self._printed:
+            self._line(*self._latest, _clock())  # a log that showed the run going also shows it done
 
     def __call__(self, done: int, total: int) -> None:
         self._progress.update(self._task, completed=done, total=total)
+        self._latest = (done, total)
+        now = _clock()
+        if self._first is None:
+            self._first = (now, done)
+        if self._lines and now - self._last_line >= self.interval:
+            self._line(done, total, now)
+
+    def _line(self, done: int, total: int, now: float) -> None:
+        """``encoding: 12,800/50,000 texts (256/s)``: the rate since the first report, which leaves out
+        loading the model and texts found in the cache; none yet at the first report."""
+        started, done_then = self._first
+        rate = f" ({(done - done_then) / (now - started):,.0f}/s)" if now > started else ""
+        _say(f"{self._label}: {done:,}/{total:,} texts{rate}")
+        self._last_line, self._printed = now, (done, total)
 
 
 def _report_truncation(encoder, total: int) -> None:
@@ -153,6 +205,7 @@ def fit(
     threads: ThreadsOpt = None,
     no_cache: NoCacheOpt = False,
     cache_dir: CacheDirOpt = None,
+    quiet: QuietOpt = False,
 ) -> None:
     """Fit whitening (and an optional JL projection) on a corpus; write a pipeline folder."""
     from whiten_cli.pipeline import FitOptions, check_output_folder, fit_pipeline
@@ -163,13 +216,16 @@ def fit(
                   seed=seed, normalize=normalize, max_length=max_length, batch_size=batch_size, dtype=dtype)
     check_output_folder(output)
     texts = read_texts(corpus, field=field, skip_empty=True)
+    if s["whiten"] and len(texts) < 2:
+        raise InputError(corpus, "1 text; whitening is fitted on at least 2 (a mean and a covariance)")
     options = FitOptions(n_components=s.get("k"), beta=s["beta"], gamma=s["gamma"], whiten=s["whiten"],
                          jl_dim=s.get("jl_dim"), seed=s["seed"], normalize=s["normalize"])
     encoder = _encoder(s, device, no_cache, cache_dir, threads)
-    with _ProgressBar("encoding") as bar:
+    with _ProgressBar("encoding", quiet) as bar:
         pipeline = fit_pipeline(texts, encoder, options, progress=bar, info={"corpus": str(corpus)})
     _report_truncation(encoder, len(texts))
-    pipeline.save(output)
+    with writing(output):
+        pipeline.save(output)
     stages = [f"{pipeline.model} ({pipeline.pooling} pooling, {pipeline.input_dim}d)"]
     if pipeline.whitening is not None:
         w = pipeline.whitening
@@ -204,13 +260,12 @@ def encode(
     threads: ThreadsOpt = None,
     no_cache: NoCacheOpt = False,
     cache_dir: CacheDirOpt = None,
+    quiet: QuietOpt = False,
 ) -> None:
     """Encode texts to vectors (.npy): raw pooled vectors, or through a fitted pipeline."""
     from whiten_cli.readers import read_texts
-    from whiten_cli.storage import save_npy
 
-    if output.suffix != ".npy":
-        raise WhitenError(f"{output}: the output must be a .npy file")
+    _check_npy_outputs(output, raw_output)
     texts = read_texts(input, field=field, skip_empty=skip_empty)
     s = _settings(config, model=model, pooling=pooling, max_length=max_length, batch_size=batch_size, dtype=dtype)
     if pipeline_dir is not None:
@@ -225,14 +280,41 @@ def encode(
     else:
         pipe = None
         encoder = _encoder(s, device, no_cache, cache_dir, threads)
-    with _ProgressBar("encoding") as bar:
+    with _ProgressBar("encoding", quiet) as bar:
         raw = encoder.encode(texts, progress=bar)
     _report_truncation(encoder, len(texts))
     vectors = pipe.transform(raw) if pipe is not None else raw
-    save_npy(output, vectors)
-    if raw_output is not None:
-        save_npy(raw_output, raw)
+    _save_vectors(output, vectors, raw_output, raw)
     typer.echo(f"wrote {vectors.shape[0]} vectors of dimension {vectors.shape[1]} to {output}")
+
+
+def _check_npy_outputs(output: Path, raw_output: Path | None) -> None:
+    """Before encoding: each output a .npy file name, and --raw-output not the same file as -o."""
+    for path in filter(None, (output, raw_output)):
+        if path.suffix != ".npy":
+            raise WhitenError(f"{path}: the output must be a .npy file")
+        if path.is_dir():
+            raise WhitenError(f"{path}: is a folder; give a file name to write")
+    if raw_output is not None and (
+        output.resolve() == raw_output.resolve()
+        or (output.exists() and raw_output.exists() and output.samefile(raw_output))
+    ):
+        raise WhitenError(f"{raw_output}: the same file as -o {output}; give the raw vectors another name")
+
+
+def _save_vectors(output: Path, vectors, raw_output: Path | None, raw) -> None:
+    """Write -o (and --raw-output) all or none: both are written to temporary files before either is
+    renamed into place, so that a failure writing one (a full disk) leaves neither changed."""
+    from whiten_cli.storage import atomic_write, save_npy
+
+    def write(tmp: Path) -> None:
+        save_npy(tmp, vectors)
+        if raw_output is not None:
+            with writing(raw_output):
+                save_npy(raw_output, raw)  # renamed into place just before -o's temporary file is
+
+    with writing(output):
+        atomic_write(output, write)
 
 
 def _split_list(values: list[str] | None) -> list[str]:
@@ -276,6 +358,7 @@ def eval_(
     threads: ThreadsOpt = None,
     no_cache: NoCacheOpt = False,
     cache_dir: CacheDirOpt = None,
+    quiet: QuietOpt = False,
 ) -> None:
     """Spearman × 100 of cosine similarity on STS benchmarks: raw against whitened, side by side."""
     import json
@@ -315,9 +398,13 @@ def eval_(
         for n in ks:
             if n is not None and not 1 <= n <= encoder.dim:
                 raise WhitenError(f"-k must be between 1 and the model's dimension {encoder.dim}, got {n}")
-        fit_source = "target" if fit_on == "target" else read_texts(Path(fit_on), field=field, skip_empty=True)
+        fit_source = "target"
+        if fit_on != "target":
+            fit_source = read_texts(Path(fit_on), field=field, skip_empty=True)
+            if len(fit_source) < 2:
+                raise InputError(fit_on, "1 text; whitening is fitted on at least 2 (a mean and a covariance)")
     total = sum(2 * d.pairs for d in loaded) + (0 if isinstance(fit_source, str) else len(fit_source))
-    with _ProgressBar("encoding") as bar:
+    with _ProgressBar("encoding", quiet) as bar:
         rows = run_evaluation(loaded, encoder, poolings, variants, fit_on=fit_source, pipeline=pipe, progress=bar)
     _report_truncation(encoder, total)
     report = {
@@ -328,9 +415,11 @@ def eval_(
         "rows": [row.__dict__ for row in rows],
     }
     if output is not None:
-        atomic_write(output, lambda tmp: tmp.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8"))
+        with writing(output):
+            atomic_write(output, lambda tmp: tmp.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8"))
     if plot is not None:
-        plot_spearman_vs_k(rows, plot, encoder.dim)
+        with writing(plot):
+            plot_spearman_vs_k(rows, plot, encoder.dim)
     if as_json:
         typer.echo(json.dumps(report, indent=2))
     else:
@@ -384,6 +473,8 @@ def _load_vectors(path: Path, rows: int, dim: int, what: str):
         raise InputError(path, f"expected {what} of shape ({rows}, {dim}) as floats, found {array.dtype} {array.shape}")
     if array.shape[0] != rows:
         raise InputError(path, f"{array.shape[0]} vectors for the {rows} texts of the corpus (row i must be text i)")
+    if not np.isfinite(array).all():
+        raise InputError(path, "holds NaN or infinite values")
     return np.asarray(array, dtype=np.float32)
 
 
@@ -412,6 +503,7 @@ def index_(
     threads: ThreadsOpt = None,
     no_cache: NoCacheOpt = False,
     cache_dir: CacheDirOpt = None,
+    quiet: QuietOpt = False,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the IVF/PQ training sample and k-means.")] = 0,
 ) -> None:
     """Encode a corpus through a pipeline and build a FAISS index folder (or --append to one)."""
@@ -449,12 +541,13 @@ def index_(
     else:
         s = _settings(None, batch_size=batch_size, dtype=dtype)
         encoder = pipe.encoder(model, **_encoding(s, device, no_cache, cache_dir, threads))
-        with _ProgressBar("encoding") as bar:
+        with _ProgressBar("encoding", quiet) as bar:
             raw = encoder.encode([record.text for record in records], progress=bar)
         _report_truncation(encoder, len(records))
         matrix = pipe.transform(raw)
     if append:
-        appended = ix.append_records(output, matrix, records, corpus, pipe)  # under the lock, onto the latest index
+        with writing(output):  # under the lock, onto the latest index
+            appended = ix.append_records(output, matrix, records, corpus, pipe)
         typer.echo(f"added {len(docs)} documents to {output} ({len(appended)} in all, {appended.factory})")
         return
     built = ix.VectorIndex.build(matrix, docs, pipe, kind=kind or "auto", max_memory=budget, nlist=nlist, pq_m=pq_m,
@@ -462,7 +555,8 @@ def index_(
     typer.echo(f"index {built.factory}: {built.metadata['reason']}")
     if (output / ix.METADATA_FILE).is_file():
         _say(f"note: replacing the index at {output} (use --append to add to it)")
-    built.save(output)
+    with writing(output):
+        built.save(output)
     typer.echo(f"wrote {len(built)} documents of dimension {built.dim} to {output}")
 
 

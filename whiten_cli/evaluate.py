@@ -80,6 +80,9 @@ def score_pairs(u: np.ndarray, v: np.ndarray, gold: ArrayLike) -> Score:
     gold = np.asarray(gold, dtype=np.float64).ravel()
     if gold.size != similarities.size:
         raise WhitenError(f"{similarities.size} embedding pairs but {gold.size} gold scores")
+    for values, what in ((gold, "gold score"), (similarities, "cosine similarity")):
+        if values.size >= 2 and np.ptp(values) == 0:
+            raise WhitenError(f"every {what} is {values[0]:.4g}: a correlation needs values that vary")
     return Score(100 * spearman(similarities, gold), 100 * pearson(similarities, gold), int(gold.size))
 
 
@@ -141,10 +144,34 @@ class Row:
     pairs: int
 
 
+def _where(dataset, subset) -> str:
+    """The file a subset was read from, else its dataset's and its own name."""
+    if subset.path is not None:
+        return str(subset.path)
+    return dataset.name if subset.name == dataset.name else f"{dataset.name} subset {subset.name}"
+
+
+def check_scorable(datasets: list) -> None:
+    """Refuse, before anything is encoded, a subset whose gold scores cannot be correlated."""
+    for dataset in datasets:
+        for subset in dataset.subsets:
+            if len(subset) < 2:
+                raise WhitenError(f"{_where(dataset, subset)}: {len(subset)} scored sentence pair; "
+                                  "a correlation needs at least 2")
+            if np.ptp(subset.scores) == 0:
+                raise WhitenError(f"{_where(dataset, subset)}: every gold score is {subset.scores[0]:g}; "
+                                  "a correlation needs scores that vary")
+
+
 def score_dataset(dataset, vectors: np.ndarray) -> dict[str, Score]:
     """Scores per subset, plus the aggregates ("all", "mean", "wmean") when there are several."""
     halves = dataset.split(vectors)
-    scores = {subset.name: score_pairs(u, v, subset.scores) for subset, (u, v) in zip(dataset.subsets, halves)}
+    scores = {}
+    for subset, (u, v) in zip(dataset.subsets, halves):
+        try:
+            scores[subset.name] = score_pairs(u, v, subset.scores)
+        except WhitenError as exc:
+            raise WhitenError(f"{_where(dataset, subset)}: {exc}") from None
     if len(dataset.subsets) == 1:
         return scores
     pooled = score_pairs(
@@ -178,6 +205,7 @@ def run_evaluation(
     from whiten_cli.stats import GaussianStats
     from whiten_cli.whitening import Eigenbasis
 
+    check_scorable(datasets)
     corpus = [] if isinstance(fit_on, str) else list(fit_on)
     texts = [text for dataset in datasets for text in dataset.sentences] + corpus
     encoded = encoder.encode_poolings(texts, poolings, progress=progress)

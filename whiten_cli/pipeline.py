@@ -156,6 +156,8 @@ class Pipeline:
             arrays = load_file(str(folder / ARRAYS_FILE))
         except (SafetensorError, OSError, ValueError) as exc:
             raise WhitenError(f"{folder / ARRAYS_FILE}: unreadable ({exc})") from None
+        _check_metadata(meta, meta_file)
+        _check_arrays(arrays, meta, folder / ARRAYS_FILE)
         try:
             whitening = None
             if meta["whitening"] is not None:
@@ -178,9 +180,88 @@ class Pipeline:
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise WhitenError(f"{meta_file}: incomplete pipeline metadata (missing {exc})") from None
-        if pipeline.output_dim != meta.get("output_dim"):
-            raise WhitenError(f"{folder}: arrays do not match the metadata (output_dim {meta.get('output_dim')})")
         return pipeline
+
+
+def _is_count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _is_fraction(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 1
+
+
+# The fields Pipeline.load reads: (dotted name, test, what it must be). Parents come before their
+# children; the children of a null parent (no whitening, no projection) are not looked for.
+_FIELDS = [
+    ("model", lambda v: isinstance(v, dict), "an object"),
+    ("model.name", lambda v: isinstance(v, str), "a string"),
+    ("model.fingerprint", lambda v: isinstance(v, str), "a string"),
+    ("pooling", lambda v: isinstance(v, str), "a string"),
+    ("max_length", _is_count, "a positive integer"),
+    ("input_dim", _is_count, "a positive integer"),
+    ("output_dim", _is_count, "a positive integer"),
+    ("whitening", lambda v: v is None or isinstance(v, dict), "an object or null"),
+    ("whitening.k", _is_count, "a positive integer"),
+    ("whitening.beta", _is_fraction, "a number in [0, 1]"),
+    ("whitening.gamma", _is_fraction, "a number in [0, 1]"),
+    ("projection", lambda v: v is None or isinstance(v, dict), "an object or null"),
+    ("projection.n", _is_count, "a positive integer"),
+    ("projection.seed", lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
+    ("normalize", lambda v: isinstance(v, bool), "true or false"),
+]
+
+
+def _check_metadata(meta: dict, meta_file: Path) -> None:
+    """Each field present and of its type: a string where a number belongs is named, not a TypeError."""
+    for name, valid, what in _FIELDS:
+        *parents, key = name.split(".")
+        holder = meta
+        for parent in parents:
+            holder = holder[parent]
+        if holder is None:
+            continue
+        if key not in holder:
+            raise WhitenError(f"{meta_file}: incomplete pipeline metadata (missing {name!r})")
+        if not valid(holder[key]):
+            raise WhitenError(f"{meta_file}: not valid pipeline metadata ({name} is {holder[key]!r}, not {what})")
+    if not isinstance(meta.get("info", {}), dict):
+        raise WhitenError(f"{meta_file}: not valid pipeline metadata (info is {meta['info']!r}, not an object)")
+
+
+def _check_arrays(arrays: dict[str, np.ndarray], meta: dict, arrays_file: Path) -> None:
+    """The arrays the metadata's stages need, of the shapes its dimensions give, floating point and finite.
+
+    A NaN in a kernel would turn every vector into NaN, and a shape that disagrees would fail as a
+    numpy broadcast deep inside transform: both are refused here, naming the file.
+    """
+    d, width = meta["input_dim"], meta["input_dim"]
+    expected: dict[str, tuple[tuple[int, ...], str]] = {}  # name -> (shape, where the shape comes from)
+    if meta["whitening"] is not None:
+        k = meta["whitening"]["k"]
+        expected["mean"] = ((d,), f"input_dim {d}")
+        expected["kernel"] = ((d, k), f"input_dim {d}, whitening k {k}")
+        width = k
+    if meta["projection"] is not None:
+        n = meta["projection"]["n"]
+        expected["projection"] = ((width, n), f"{width} dimensions into the projection, projection n {n}")
+        width = n
+    if "eigenvalues" in arrays:
+        expected["eigenvalues"] = ((d,), f"input_dim {d}")
+    if width != meta["output_dim"]:
+        raise WhitenError(f"{arrays_file.parent / METADATA_FILE}: output_dim {meta['output_dim']} and the stages "
+                          f"do not match (they give {width} dimensions)")
+    for name, (shape, source) in expected.items():
+        if name not in arrays:
+            raise WhitenError(f"{arrays_file}: no {name!r} array, which {METADATA_FILE} calls for")
+        array = arrays[name]
+        if not np.issubdtype(array.dtype, np.floating):
+            raise WhitenError(f"{arrays_file}: {name!r} is {array.dtype}, not floating point")
+        if array.shape != shape:
+            raise WhitenError(f"{arrays_file}: {name!r} has shape {array.shape}, but {METADATA_FILE} "
+                              f"({source}) gives {shape}")
+        if not np.isfinite(array).all():
+            raise WhitenError(f"{arrays_file}: {name!r} holds NaN or infinite values")
 
 
 def check_output_folder(path: str | os.PathLike[str]) -> None:
@@ -234,7 +315,9 @@ def fit_pipeline(
         done = 0
         for start in range(0, len(texts), chunk_size):
             chunk = texts[start : start + chunk_size]
-            stats.update(encoder.encode(chunk))
+            # Progress batch by batch, over the whole corpus (the encoder counts a chunk's distinct texts).
+            batches = (lambda n, _, before=done: progress(before + n, len(texts))) if progress else None
+            stats.update(encoder.encode(chunk, progress=batches))
             done += len(chunk)
             if progress:
                 progress(done, len(texts))
