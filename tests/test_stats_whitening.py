@@ -235,6 +235,32 @@ def test_fewer_rows_than_dims_warns_and_still_fits():
     assert np.all(np.isfinite(full.transform(x)))
 
 
+@pytest.mark.parametrize("gamma", [1.0, 0.5])
+def test_near_null_directions_are_floored_at_a_millionth_of_the_largest(gamma):
+    # 16-d vectors of rank 6, plenty of rows: ten eigenvalues are rounding noise around 1e-30·λ₁
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((400, 6)) @ rng.standard_normal((6, 16)) + 5.0
+    basis = Eigenbasis.fit(GaussianStats.of(x))
+    assert basis.eigenvalues[6] < 1e-12 * basis.eigenvalues[0]
+    with pytest.warns(UserWarning, match=r"10 of the k=16 kept directions .* lower k to 6") as caught:
+        whitening = basis.whitening(gamma=gamma)
+    assert len(caught) == 1 and "\n" not in str(caught[0].message)
+    scales = np.linalg.norm(whitening.kernel, axis=0)
+    assert np.all(np.isfinite(scales))
+    assert scales.max() <= (1e-6 * basis.eigenvalues[0]) ** (-gamma / 2) * (1 + 1e-12)
+    # the kept real directions are whitened as before, and keeping only them does not warn
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        real = basis.whitening(6, gamma=gamma)
+    np.testing.assert_array_equal(real.kernel, whitening.kernel[:, :6])
+
+
+def test_constant_vectors_cannot_be_whitened():
+    basis = Eigenbasis.fit(GaussianStats.of(np.ones((20, 4))))
+    with pytest.raises(WhitenError, match="do not vary"):
+        basis.whitening()
+
+
 def test_enough_rows_does_not_warn():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
