@@ -281,7 +281,7 @@ def eval_(
     import json
 
     from whiten_cli import __version__
-    from whiten_cli.benchmarks import load_dataset
+    from whiten_cli.sts import load_dataset
     from whiten_cli.encoder import check_pooling
     from whiten_cli.evaluate import RAW, Variant, plot_spearman_vs_k, pyplot, run_evaluation
     from whiten_cli.readers import read_texts

@@ -3,8 +3,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from whiten_cli.benchmarks import ENV_VAR, Dataset, PairSet, load_dataset, sts_dir
 from whiten_cli.errors import InputError, WhitenError
+from whiten_cli.sts import ENV_VAR, Dataset, PairSet, load_dataset, sts_dir
 
 STSB_ROWS = (
     'main-captions\tMSRvid\t2012test\t0024\t2.500\tA girl is styling her hair.\tA girl is brushing her hair.\n'
