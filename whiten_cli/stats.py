@@ -3,12 +3,12 @@
 A corpus never has to be held in memory, and shards can be fitted apart and merged.
 
 The textbook ``(Σxxᵀ − n·μμᵀ)/(n−1)`` cancels catastrophically when the mean is large against the
-spread (7e-4 relative error at mean/sd = 1e6, 15× wrong at 1e8). So the sums are taken around a
-shift ``s``, the mean of the first batch: Σ(x − s) and Σ(x − s)(x − s)ᵀ. The cancellation left is
-of the order of (μ − s)²/σ², harmless while the first batch is a fair sample of the corpus.
-Statistics with the same shift merge by adding their sums (the same as accumulating both inputs
-together, to rounding); with different shifts they merge by Chan et al.'s pairwise formula on
-mean and centred scatter, so no large mean is ever squared.
+spread: its relative error grows like ε·(μ/σ)² (measured: 8e-3 at mean/sd = 1e6, 66× off at 1e8).
+So the sums are taken around a shift ``s``, the mean of the first batch: Σ(x − s) and
+Σ(x − s)(x − s)ᵀ. The error left grows like ε·(μ − s)²/σ², harmless while the first batch is a
+fair sample of the corpus. Statistics with the same shift merge by adding their sums (the same as
+accumulating both inputs together, to rounding); with different shifts they merge by Chan et al.'s
+pairwise formula on mean and centred scatter, so no large mean is ever squared.
 """
 
 from __future__ import annotations
@@ -47,15 +47,15 @@ class GaussianStats:
 
     def update(self, vectors: np.ndarray) -> GaussianStats:
         """Add a batch of row vectors (n, d) in place; returns self."""
-        x = np.asarray(vectors, dtype=np.float64)
-        if x.ndim != 2 or x.shape[1] != self.dim:
-            raise WhitenError(f"expected vectors of dimension {self.dim}, got shape {x.shape}")
-        if x.shape[0] == 0:
+        centred = np.array(vectors, dtype=np.float64)  # a copy, centred in place: one allocation a batch
+        if centred.ndim != 2 or centred.shape[1] != self.dim:
+            raise WhitenError(f"expected vectors of dimension {self.dim}, got shape {centred.shape}")
+        if centred.shape[0] == 0:
             return self
         if self.shift is None:
-            self.shift = x.mean(axis=0)
-        centred = x - self.shift
-        self.count += x.shape[0]
+            self.shift = centred.mean(axis=0)
+        centred -= self.shift
+        self.count += centred.shape[0]
         self.shifted_sum += centred.sum(axis=0)
         self.shifted_outer += centred.T @ centred
         return self
