@@ -37,8 +37,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's whiten_cli
 
-from whiten_cli.benchmarks import load_dataset  # noqa: E402
 from whiten_cli.evaluate import score_pairs  # noqa: E402
+from whiten_cli.sts import load_dataset  # noqa: E402
 
 ST = "sentence-transformers"
 LARGE_SPLITS = ("stsb-train", "stsb-dev", "stsb", "sick-train", "sick-trial", "sick")

@@ -25,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # this checkout's whiten_cli
 
-from whiten_cli.benchmarks import load_dataset  # noqa: E402
+from whiten_cli.sts import load_dataset  # noqa: E402
 
 SPLITS = ("stsb-train", "stsb-dev", "stsb", "sick-train", "sick-trial", "sick")
 VARIATIONS = (

@@ -42,10 +42,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's whiten_cli
 
 from whiten_cli import index as ix  # noqa: E402
-from whiten_cli.benchmarks import load_dataset  # noqa: E402
 from whiten_cli.pipeline import Pipeline  # noqa: E402
 from whiten_cli.projection import RandomProjection  # noqa: E402
 from whiten_cli.stats import GaussianStats  # noqa: E402
+from whiten_cli.sts import load_dataset  # noqa: E402
 from whiten_cli.whitening import Eigenbasis  # noqa: E402
 
 SPLITS = ("stsb-train", "stsb-dev", "stsb")

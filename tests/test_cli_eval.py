@@ -24,8 +24,9 @@ def run(*args):
     return result, result.output
 
 
-def report_of(output):
-    report = json.loads(output)
+def report_of(stdout):
+    """The --json report, from stdout alone: warnings go to stderr."""
+    report = json.loads(stdout)
     return report, {(row["pooling"], row["variant"]): row for row in report["rows"]}
 
 
@@ -34,7 +35,7 @@ def test_sweep_encodes_once_and_reports_every_variant(tiny_model, pairs_file, tm
                          "--gamma", "1", "--gamma", "0.5", "--json", "--output", tmp_path / "r.json",
                          "--plot", tmp_path / "r.png")
     assert result.exit_code == 0, output
-    report, rows = report_of(output)
+    report, rows = report_of(result.stdout)
     assert json.loads((tmp_path / "r.json").read_text()) == report
     assert (tmp_path / "r.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     variants = {"raw", "k=all", "k=all γ=0.5", "k=8", "k=8 γ=0.5"}
@@ -55,7 +56,7 @@ def test_whitening_all_dims_with_gamma_zero_is_a_rotation(tiny_model, pairs_file
     """γ=0, β=0, k=all only rotates: cosine similarities, hence Spearman, are unchanged."""
     result, output = run(pairs_file, "--model", tiny_model, "--pooling", "cls", "--gamma", "0", "--beta", "0", "--json")
     assert result.exit_code == 0, output
-    _, rows = report_of(output)
+    _, rows = report_of(result.stdout)
     assert rows[("cls", "k=all γ=0 β=0")]["spearman"] == pytest.approx(rows[("cls", "raw")]["spearman"], abs=1e-9)
 
 
@@ -63,14 +64,14 @@ def test_fit_on_corpus_and_pipeline(tiny_model, pairs_file, tmp_path):
     corpus = write(tmp_path / "corpus.txt", "\n".join(sample_sentences(60, seed=9)) + "\n")
     result, output = run(pairs_file, "--model", tiny_model, "--pooling", "cls", "--fit-on", corpus, "-k", "16", "--json")
     assert result.exit_code == 0, output
-    _, on_corpus = report_of(output)
+    _, on_corpus = report_of(result.stdout)
 
     fit = runner.invoke(app, ["fit", str(corpus), "-o", str(tmp_path / "pipe"), "--model", str(tiny_model),
                               "--pooling", "cls", "-k", "16"])
     assert fit.exit_code == 0, fit.output
     result, output = run(pairs_file, "--pipeline", tmp_path / "pipe", "--json")
     assert result.exit_code == 0, output
-    report, rows = report_of(output)
+    report, rows = report_of(result.stdout)
     assert set(rows) == {("cls", "raw"), ("cls", "pipeline")}
     # the saved pipeline is the same whitening as fitting on the corpus inside eval
     assert rows[("cls", "pipeline")]["spearman"] == pytest.approx(on_corpus[("cls", "k=16")]["spearman"], abs=1e-6)
@@ -126,7 +127,7 @@ def test_output_is_not_written_when_eval_fails(tiny_model, pairs_file, tmp_path)
 
 def test_table_can_show_pearson(tiny_model, pairs_file):
     result, output = run(pairs_file, "--model", tiny_model, "--pooling", "cls", "--json")
-    _, rows = report_of(output)
+    _, rows = report_of(result.stdout)
     result, table = run(pairs_file, "--model", tiny_model, "--pooling", "cls", "--metric", "pearson")
     assert result.exit_code == 0, table
     assert "Pearson × 100" in table

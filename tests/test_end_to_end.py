@@ -9,8 +9,8 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from whiten_cli.benchmarks import sts_dir
 from whiten_cli.cli import app
+from whiten_cli.sts import sts_dir
 
 pytestmark = pytest.mark.slow
 

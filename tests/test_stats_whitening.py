@@ -3,6 +3,8 @@ import warnings
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from whiten_cli.errors import WhitenError
 from whiten_cli.projection import RandomProjection, jl_distortion, jl_min_dim
@@ -41,10 +43,9 @@ def test_merged_shards_equal_whole_corpus():
     for shard in shards[1:]:
         merged = merged.merge(shard)
     assert merged.count == whole.count == 1000
-    for name in ("total", "outer", "mean", "covariance"):
+    for name in ("mean", "covariance"):
         a, b = getattr(merged, name), getattr(whole, name)
-        scale = max(1.0, float(np.abs(b).max()))
-        np.testing.assert_allclose(a, b, rtol=0, atol=1e-12 * scale, err_msg=name)
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-12 * float(np.abs(b).max()), err_msg=name)
     # merge returns a new object and leaves its inputs alone
     assert shards[0].count == 123
 
@@ -56,15 +57,94 @@ def test_update_in_chunks_equals_at_once():
     for start in range(0, 300, 7):
         assert chunked.update(x[start : start + 7]) is chunked
     assert chunked.count == once.count
-    np.testing.assert_allclose(chunked.total, once.total, rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(chunked.outer, once.outer, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(chunked.mean, once.mean, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(chunked.covariance, once.covariance, rtol=1e-12, atol=1e-12)
 
 
 def test_stats_accumulate_float32_input_in_float64():
     x = correlated(50, 4).astype(np.float32)
     stats = GaussianStats.of(x)
-    assert stats.total.dtype == np.float64 and stats.outer.dtype == np.float64
+    assert stats.shifted_sum.dtype == np.float64 and stats.shifted_outer.dtype == np.float64
+    assert stats.mean.dtype == np.float64 and stats.covariance.dtype == np.float64
+
+
+# Property tests: data far from the origin, against a reference that cannot cancel (np.cov of the
+# data with its mean subtracted first, in float64), compared entry by entry on the scale of the
+# two variances involved: |C_ij − R_ij| ≤ tol · sqrt(R_ii R_jj).
+
+def offset_data(seed: int, n: int, d: int, offset: float) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    spread = np.geomspace(10.0, 0.1, d)  # anisotropic: variances over four decades
+    x = (rng.standard_normal((n, d)) @ rng.standard_normal((d, d)) / np.sqrt(d)) * spread
+    return x + offset * rng.uniform(0.5, 1.5, d) * spread
+
+
+def assert_covariance_close(actual: np.ndarray, reference: np.ndarray, tol: float) -> None:
+    scale = np.sqrt(np.outer(np.diag(reference), np.diag(reference)))
+    worst = float(np.max(np.abs(actual - reference) / scale))
+    assert worst <= tol, f"covariance off by {worst:.1e} of the variances' scale"
+
+
+sizes = st.tuples(st.integers(0, 2**32 - 1), st.integers(3, 400), st.integers(1, 12))
+
+
+@settings(max_examples=40, deadline=None)
+@given(sizes, st.sampled_from([1e3, 1e6, 1e8]))
+def test_covariance_is_exact_far_from_the_origin(shape, offset):
+    seed, n, d = shape
+    x = offset_data(seed, n, d, offset)
+    reference = np.atleast_2d(np.cov(x - x.mean(0), rowvar=False))
+    stats = GaussianStats.of(x)
+    assert_covariance_close(stats.covariance, reference, 1e-9)
+    np.testing.assert_allclose(stats.mean, x.mean(0), rtol=1e-14)
+
+
+@settings(max_examples=40, deadline=None)
+@given(sizes, st.sampled_from([1e3, 1e6, 1e8]), st.data())
+def test_shards_merged_in_any_order_equal_the_whole(shape, offset, data):
+    seed, n, d = shape
+    x = offset_data(seed, n, d, offset)
+    cuts = sorted(data.draw(st.lists(st.integers(1, n - 1), min_size=1, max_size=5), label="cuts"))
+    shards = [GaussianStats.of(part) for part in np.split(x, cuts) if len(part)]
+    order = data.draw(st.permutations(range(len(shards))), label="order")
+    merged = GaussianStats.empty(d)
+    for index in order:
+        merged = merged.merge(shards[index])
+    whole = GaussianStats.of(x)
+    assert merged.count == n
+    assert_covariance_close(merged.covariance, whole.covariance, 1e-12)
+    np.testing.assert_allclose(merged.mean, whole.mean, rtol=1e-14)
+
+
+@settings(max_examples=40, deadline=None)
+@given(sizes, st.sampled_from([1e3, 1e6, 1e8]), st.data())
+def test_update_in_batches_of_any_sizes_equals_one_update(shape, offset, data):
+    seed, n, d = shape
+    x = offset_data(seed, n, d, offset)
+    cuts = sorted(data.draw(st.lists(st.integers(0, n), max_size=6), label="cuts"))  # empty batches too
+    batched = GaussianStats.empty(d)
+    for batch in np.split(x, cuts):
+        batched.update(batch)
+    once = GaussianStats.of(x)
+    assert batched.count == n
+    assert_covariance_close(batched.covariance, once.covariance, 1e-12)
+    np.testing.assert_allclose(batched.mean, once.mean, rtol=1e-14)
+
+
+def test_merge_of_shards_with_one_shift_is_their_sum():
+    """Shards given the same shift merge by adding their sums: the concatenation's own sums."""
+    x = offset_data(3, 500, 6, 1e6)
+    shift = x[:50].mean(0)
+    shards = [GaussianStats.empty(6, shift=shift).update(part) for part in np.array_split(x, 3)]
+    merged = shards[0].merge(shards[1]).merge(shards[2])
+    together = GaussianStats.empty(6, shift=shift).update(x)
+    np.testing.assert_array_equal(merged.shift, shift)
+    np.testing.assert_allclose(merged.shifted_sum, together.shifted_sum, rtol=1e-12, atol=1e-9)
+    np.testing.assert_allclose(merged.shifted_outer, together.shifted_outer, rtol=1e-12)
+    # an empty input changes nothing, the chosen shift included
+    np.testing.assert_array_equal(GaussianStats.empty(6, shift=shift).merge(GaussianStats.empty(6)).shift, shift)
+    with pytest.raises(WhitenError, match=r"shape \(6,\)"):
+        GaussianStats.empty(6, shift=np.zeros(5))
 
 
 def test_stats_dimension_mismatch():
@@ -153,6 +233,32 @@ def test_fewer_rows_than_dims_warns_and_still_fits():
     with pytest.warns(UserWarning, match="rank-deficient"):
         full = basis.whitening()  # near-zero eigenvalues are floored, not divided by
     assert np.all(np.isfinite(full.transform(x)))
+
+
+@pytest.mark.parametrize("gamma", [1.0, 0.5])
+def test_near_null_directions_are_floored_at_a_millionth_of_the_largest(gamma):
+    # 16-d vectors of rank 6, plenty of rows: ten eigenvalues are rounding noise around 1e-30·λ₁
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((400, 6)) @ rng.standard_normal((6, 16)) + 5.0
+    basis = Eigenbasis.fit(GaussianStats.of(x))
+    assert basis.eigenvalues[6] < 1e-12 * basis.eigenvalues[0]
+    with pytest.warns(UserWarning, match=r"10 of the k=16 kept directions .* lower k to 6") as caught:
+        whitening = basis.whitening(gamma=gamma)
+    assert len(caught) == 1 and "\n" not in str(caught[0].message)
+    scales = np.linalg.norm(whitening.kernel, axis=0)
+    assert np.all(np.isfinite(scales))
+    assert scales.max() <= (1e-6 * basis.eigenvalues[0]) ** (-gamma / 2) * (1 + 1e-12)
+    # the kept real directions are whitened as before, and keeping only them does not warn
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        real = basis.whitening(6, gamma=gamma)
+    np.testing.assert_array_equal(real.kernel, whitening.kernel[:, :6])
+
+
+def test_constant_vectors_cannot_be_whitened():
+    basis = Eigenbasis.fit(GaussianStats.of(np.ones((20, 4))))
+    with pytest.raises(WhitenError, match="do not vary"):
+        basis.whitening()
 
 
 def test_enough_rows_does_not_warn():

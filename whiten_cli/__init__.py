@@ -20,7 +20,7 @@ _API = {
     "Pipeline": "whiten_cli.pipeline",
     "FitOptions": "whiten_cli.pipeline",
     "fit_pipeline": "whiten_cli.pipeline",
-    "load_dataset": "whiten_cli.benchmarks",
+    "load_dataset": "whiten_cli.sts",
     "run_evaluation": "whiten_cli.evaluate",
     "VectorIndex": "whiten_cli.index",
     "WhitenError": "whiten_cli.errors",

@@ -191,7 +191,7 @@ def fit(
     pooling: PoolingOpt = None,
     k: Annotated[Optional[int], typer.Option("-k", "--dim", help="Dimensions kept after whitening [default: all].")] = None,
     beta: BetaOpt = None,
-    gamma: Annotated[Optional[float], typer.Option("--gamma", help="Whitening strength Λ^(−γ/2), in [0, 1] [default: 1].")] = None,
+    gamma: Annotated[Optional[float], typer.Option("--gamma", help="Whitening strength Λ^(−γ/2), in [0, 1] [default: 1]; eigenvalues below 1e-6·λ₁ are floored to it.")] = None,
     whiten: Annotated[Optional[bool], typer.Option("--whiten/--no-whiten", help="Fit whitening (--no-whiten: JL projection only).")] = None,
     jl_dim: Annotated[Optional[int], typer.Option("--jl-dim", help="Add a Gaussian JL random projection to this many dimensions.")] = None,
     seed: Annotated[Optional[int], typer.Option("--seed", help="Seed of the JL projection [default: 0].")] = None,
@@ -364,7 +364,7 @@ def eval_(
     import json
 
     from whiten_cli import __version__
-    from whiten_cli.benchmarks import load_dataset
+    from whiten_cli.sts import load_dataset
     from whiten_cli.encoder import check_pooling
     from whiten_cli.evaluate import RAW, Variant, plot_spearman_vs_k, pyplot, run_evaluation
     from whiten_cli.readers import read_texts

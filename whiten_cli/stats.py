@@ -1,7 +1,14 @@
-"""Streaming, mergeable Gaussian statistics of vectors: count, sum and sum of outer products.
+"""Streaming, mergeable Gaussian statistics of vectors: count, mean and covariance, in float64.
 
-Accumulated in float64 so that a corpus never has to be held in memory, and shards can be
-fitted apart and merged: statistics of the shards added together are the statistics of the whole.
+A corpus never has to be held in memory, and shards can be fitted apart and merged.
+
+The textbook ``(Σxxᵀ − n·μμᵀ)/(n−1)`` cancels catastrophically when the mean is large against the
+spread: its relative error grows like ε·(μ/σ)² (measured: 8e-3 at mean/sd = 1e6, 66× off at 1e8).
+So the sums are taken around a shift ``s``, the mean of the first batch: Σ(x − s) and
+Σ(x − s)(x − s)ᵀ. The error left grows like ε·(μ − s)²/σ², harmless while the first batch is a
+fair sample of the corpus. Statistics with the same shift merge by adding their sums (the same as
+accumulating both inputs together, to rounding); with different shifts they merge by Chan et al.'s
+pairwise formula on mean and centred scatter, so no large mean is ever squared.
 """
 
 from __future__ import annotations
@@ -16,12 +23,19 @@ from whiten_cli.errors import WhitenError
 @dataclass
 class GaussianStats:
     count: int
-    total: np.ndarray  # (d,) float64: sum of x
-    outer: np.ndarray  # (d, d) float64: sum of x xᵀ
+    shift: np.ndarray | None  # (d,) float64: the point the sums are taken around; None: the first batch's mean
+    shifted_sum: np.ndarray  # (d,) float64: Σ (x − shift)
+    shifted_outer: np.ndarray  # (d, d) float64: Σ (x − shift)(x − shift)ᵀ
 
     @classmethod
-    def empty(cls, dim: int) -> GaussianStats:
-        return cls(0, np.zeros(dim), np.zeros((dim, dim)))
+    def empty(cls, dim: int, shift: np.ndarray | None = None) -> GaussianStats:
+        """No vectors yet. ``shift`` defaults to the mean of the first batch; give shards fitted apart
+        the same shift (a sample's mean) and their merge is a plain sum."""
+        if shift is not None:
+            shift = np.array(shift, dtype=np.float64)
+            if shift.shape != (dim,):
+                raise WhitenError(f"shift must have shape ({dim},), got {shift.shape}")
+        return cls(0, shift, np.zeros(dim), np.zeros((dim, dim)))
 
     @classmethod
     def of(cls, vectors: np.ndarray) -> GaussianStats:
@@ -29,35 +43,58 @@ class GaussianStats:
 
     @property
     def dim(self) -> int:
-        return self.total.shape[0]
+        return self.shifted_sum.shape[0]
 
     def update(self, vectors: np.ndarray) -> GaussianStats:
         """Add a batch of row vectors (n, d) in place; returns self."""
-        x = np.asarray(vectors, dtype=np.float64)
-        if x.ndim != 2 or x.shape[1] != self.dim:
-            raise WhitenError(f"expected vectors of dimension {self.dim}, got shape {x.shape}")
-        self.count += x.shape[0]
-        self.total += x.sum(axis=0)
-        self.outer += x.T @ x
+        centred = np.array(vectors, dtype=np.float64)  # a copy, centred in place: one allocation a batch
+        if centred.ndim != 2 or centred.shape[1] != self.dim:
+            raise WhitenError(f"expected vectors of dimension {self.dim}, got shape {centred.shape}")
+        if centred.shape[0] == 0:
+            return self
+        if self.shift is None:
+            self.shift = centred.mean(axis=0)
+        centred -= self.shift
+        self.count += centred.shape[0]
+        self.shifted_sum += centred.sum(axis=0)
+        self.shifted_outer += centred.T @ centred
         return self
 
     def merge(self, other: GaussianStats) -> GaussianStats:
-        """Statistics of both inputs together (a new object)."""
+        """Statistics of both inputs together (a new object, around ``self``'s shift)."""
         if other.dim != self.dim:
             raise WhitenError(f"cannot merge statistics of dimension {self.dim} and {other.dim}")
-        return GaussianStats(self.count + other.count, self.total + other.total, self.outer + other.outer)
+        if other.count == 0 or self.count == 0:
+            source = self if other.count == 0 else other
+            shift = None if source.shift is None else source.shift.copy()
+            return GaussianStats(source.count, shift, source.shifted_sum.copy(), source.shifted_outer.copy())
+        count = self.count + other.count
+        if np.array_equal(self.shift, other.shift):
+            return GaussianStats(count, self.shift.copy(), self.shifted_sum + other.shifted_sum,
+                                 self.shifted_outer + other.shifted_outer)
+        # Chan et al.: mean offsets from each shift, centred scatters, then the pairwise update.
+        offset_self = self.shifted_sum / self.count
+        offset_other = other.shifted_sum / other.count
+        delta = (other.shift - self.shift) + (offset_other - offset_self)  # mean(other) − mean(self)
+        scatter = (self._centred_scatter() + other._centred_scatter()
+                   + np.outer(delta, delta) * (self.count * other.count / count))
+        offset = offset_self + delta * (other.count / count)  # merged mean − self.shift
+        return GaussianStats(count, self.shift.copy(), offset * count, scatter + np.outer(offset, offset) * count)
+
+    def _centred_scatter(self) -> np.ndarray:
+        """Σ (x − μ)(x − μ)ᵀ."""
+        return self.shifted_outer - np.outer(self.shifted_sum, self.shifted_sum) / self.count
 
     @property
     def mean(self) -> np.ndarray:
         if self.count == 0:
             raise WhitenError("no vectors: cannot compute a mean")
-        return self.total / self.count
+        return self.shift + self.shifted_sum / self.count
 
     @property
     def covariance(self) -> np.ndarray:
         """Unbiased (N−1) covariance."""
         if self.count < 2:
             raise WhitenError(f"need at least 2 vectors to estimate a covariance, got {self.count}")
-        mean = self.mean
-        cov = (self.outer - self.count * np.outer(mean, mean)) / (self.count - 1)
+        cov = self._centred_scatter() / (self.count - 1)
         return (cov + cov.T) / 2

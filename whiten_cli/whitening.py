@@ -3,6 +3,12 @@
 β = γ = 1 is the paper's whitening (Su et al. 2021); γ < 1 whitens softly, γ = 0 only rotates
 (PCA). Σ = U Λ Uᵀ with eigenvalues in descending order, so the first k columns keep the
 directions of largest variance.
+
+Eigenvalues below ``RELATIVE_FLOOR·λ₁`` (1e-6 of the largest) are raised to it before scaling, so
+that γ = 1 scales no direction by more than 1e3 times the leading one's factor: a near-null
+direction (duplicated sentences, fewer sentences than dimensions, a constant feature) holds
+rounding noise, and dividing it by √(1e-12·λ₁) would blow that noise up 1e6-fold. Keeping such a
+direction warns, since k could be lowered instead.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ import numpy as np
 from whiten_cli.errors import WhitenError
 from whiten_cli.stats import GaussianStats
 
-EPSILON = 1e-12  # relative floor for eigenvalues: rank-deficient directions stay finite
+RELATIVE_FLOOR = 1e-6  # eigenvalues are floored at this fraction of the largest one
 
 
 @dataclass(frozen=True)
@@ -41,6 +47,11 @@ class Eigenbasis:
     def dim(self) -> int:
         return self.mean.shape[0]
 
+    @property
+    def floor(self) -> float:
+        """The smallest eigenvalue whitening divides by: :data:`RELATIVE_FLOOR` of the largest."""
+        return RELATIVE_FLOOR * float(self.eigenvalues[0])
+
     def whitening(self, n_components: int | None = None, beta: float = 1.0, gamma: float = 1.0) -> Whitening:
         k = self.dim if n_components is None else n_components
         if not 1 <= k <= self.dim:
@@ -48,6 +59,8 @@ class Eigenbasis:
         for name, value in (("beta", beta), ("gamma", gamma)):
             if not 0.0 <= value <= 1.0:
                 raise WhitenError(f"{name} must be in [0, 1], got {value}")
+        if gamma > 0 and not self.floor > 0:
+            raise WhitenError("the vectors do not vary (zero covariance): there is nothing to whiten")
         if k > self.count - 1:
             # n centred vectors span at most n − 1 directions: the rest is noise, scaled up.
             warnings.warn(
@@ -55,8 +68,13 @@ class Eigenbasis:
                 f"covariance); keep k below {self.count} or fit on more sentences",
                 stacklevel=2,
             )
-        floor = EPSILON * max(self.eigenvalues[0], EPSILON)
-        scale = np.maximum(self.eigenvalues[:k], floor) ** (-gamma / 2)
+        elif gamma > 0 and (floored := int(np.sum(self.eigenvalues[:k] < self.floor))):
+            warnings.warn(
+                f"{floored} of the k={k} kept directions have variance below {RELATIVE_FLOOR:g} of the largest "
+                f"and were floored to it (near-null directions); lower k to {k - floored} to drop them",
+                stacklevel=2,
+            )
+        scale = np.maximum(self.eigenvalues[:k], self.floor) ** (-gamma / 2)
         return Whitening(self.mean, self.eigenvectors[:, :k] * scale, beta, gamma)
 
 

@@ -1,9 +1,12 @@
-"""STS benchmark loaders: STS-B, SICK, SentEval STS12–16, Chinese ``.data`` sets and generic pair files.
+"""STS benchmark loaders: STS-B, SICK, STS12–16, Chinese ``.data`` sets and generic pair files.
 
 The data is read where it lies (see :func:`sts_dir`), never copied. Formats follow the data
 folder's README: STS-B is split on tabs with no CSV quoting (its sentences contain ``"``), SICK
-has a ``pair_ID`` header, SentEval pairs ``STS.input.X.txt`` with ``STS.gs.X.txt`` and skips pairs
-whose gold line is empty, Chinese sets are ``s1 \\t s2 \\t label`` with no header.
+has a ``pair_ID`` header, Chinese sets are ``s1 \\t s2 \\t label`` with no header. STS12–16 pair
+``STS.input.X.txt`` with ``STS.gs.X.txt`` (SentEval, and the official 2012–2015 releases) or
+``STS2016.input.X.txt`` with ``STS2016.gs.X.txt`` (the official 2016 release) line by line: the
+input's first two tab-separated columns are the sentences (2016 adds two source columns, ignored),
+and an empty gold line marks a pair that was not scored.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import csv
 import math
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +26,9 @@ from whiten_cli.readers import iter_json_objects, iter_lines
 ENV_VAR = "WHITEN_STS_DIR"
 
 Lines = list[tuple[int, str]]
+
+# STS12–16 input files: "STS.input.X.txt", or "STS2016.input.X.txt" in the official 2016 release.
+STS_INPUT = re.compile(r"(?P<prefix>STS(?:\d{4})?)\.input\.(?P<subset>.+)\.txt")
 
 # name -> (folder under sts_dir(), file in it; None for a SentEval folder with one subset per file)
 NAMED: dict[str, tuple[str, str | None]] = {
@@ -130,24 +137,30 @@ def _load_folder(folder: Path) -> list[PairSet]:
 
 
 def _load_senteval_folder(folder: Path) -> list[PairSet]:
-    inputs = sorted(folder.glob("STS.input.*.txt"))
+    inputs = sorted(path for path in folder.glob("STS*.input.*.txt") if STS_INPUT.fullmatch(path.name))
     if not inputs:
         raise WhitenError(
-            f"{folder}: no STS data found (expected STS.input.*.txt, sts-test.csv or SICK_test_annotated.txt)"
+            f"{folder}: no STS data found (expected STS.input.*.txt, STS2016.input.*.txt, sts-test.csv "
+            "or SICK_test_annotated.txt)"
         )
-    return [_load_senteval(path, _subset_name(path)) for path in inputs]
+    names = [_subset_name(path) for path in inputs]
+    for name in names:
+        if names.count(name) > 1:
+            twins = ", ".join(path.name for path in inputs if _subset_name(path) == name)
+            raise WhitenError(f"{folder}: subset {name} is there twice ({twins}); keep one")
+    return [_load_senteval(path, name) for path, name in zip(inputs, names)]
 
 
 def _subset_name(path: Path) -> str:
-    """``MSRpar`` for ``STS.input.MSRpar.txt``, else the file name without its suffix."""
-    if path.name.startswith("STS.input.") and path.suffix == ".txt":
-        return path.name[len("STS.input.") : -len(".txt")]
-    return path.stem
+    """``MSRpar`` for ``STS.input.MSRpar.txt`` (or ``STS2016.input.MSRpar.txt``), else the file name
+    without its suffix."""
+    match = STS_INPUT.fullmatch(path.name)
+    return match["subset"] if match else path.stem
 
 
 def _load_file(path: Path, name: str) -> PairSet:
     """Parse ``path``, its format told by its name or, failing that, by its first line."""
-    if path.name.startswith("STS.input.") and path.suffix == ".txt":
+    if STS_INPUT.fullmatch(path.name):
         return _load_senteval(path, name)
     lines = list(iter_lines(path))
     if not lines:
@@ -255,8 +268,10 @@ def _load_jsonl(path: Path, name: str, lines: Lines) -> PairSet:
 
 
 def _load_senteval(input_path: Path, name: str) -> PairSet:
-    """Pair ``STS.input.X.txt`` with ``STS.gs.X.txt`` line by line; an empty gold line means unscored."""
-    gold_path = input_path.with_name("STS.gs." + input_path.name[len("STS.input.") :])
+    """Pair ``STS.input.X.txt`` with ``STS.gs.X.txt`` (``STS2016.*`` alike) line by line; an empty
+    gold line means unscored, input columns after the two sentences are ignored."""
+    match = STS_INPUT.fullmatch(input_path.name)
+    gold_path = input_path.with_name(f"{match['prefix']}.gs.{match['subset']}.txt")
     inputs = list(iter_lines(input_path))
     if not inputs:
         raise InputError(input_path, "empty file, no sentence pairs", 1)

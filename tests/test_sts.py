@@ -3,8 +3,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from whiten_cli.benchmarks import ENV_VAR, Dataset, PairSet, load_dataset, sts_dir
 from whiten_cli.errors import InputError, WhitenError
+from whiten_cli.sts import ENV_VAR, Dataset, PairSet, load_dataset, sts_dir
 
 STSB_ROWS = (
     'main-captions\tMSRvid\t2012test\t0024\t2.500\tA girl is styling her hair.\tA girl is brushing her hair.\n'
@@ -108,6 +108,48 @@ def test_senteval_single_file(tmp_path):
     assert len(subset) == 2
 
 
+def write_sts2016(folder: Path) -> None:
+    """The official 2016 release's layout: four input columns (the sentences, then their sources)."""
+    write(folder / "STS2016.input.question-question.txt",
+          "How do I cook rice?\tWhat is the way to cook rice?\tstackexchange\tstackexchange\n"
+          "Is it raining?\tWho won?\tstackexchange\tstackexchange\n"
+          "Why is the sky blue?\tWhat makes the sky blue?\tstackexchange\tstackexchange\textra\n")
+    write(folder / "STS2016.gs.question-question.txt", "4.6\n\n4\n")
+    write(folder / "STS2016.input.headlines.txt", "Markets fall\tStocks drop\tsrc-a\tsrc-b\n")
+    write(folder / "STS2016.gs.headlines.txt", "3.8\n")
+    write(folder / "README.txt", "not data\n")
+
+
+def test_official_sts2016_release_by_folder_and_by_file(tmp_path):
+    folder = tmp_path / "sts2016-english-with-gs-v1.0"
+    write_sts2016(folder)
+    dataset = load_dataset(str(folder))
+    assert [subset.name for subset in dataset.subsets] == ["headlines", "question-question"]
+    questions = dataset.subsets[1]
+    # the unscored pair (empty gold line) is skipped; source columns and extra columns are ignored
+    assert questions.sentences1 == ["How do I cook rice?", "Why is the sky blue?"]
+    assert questions.sentences2 == ["What is the way to cook rice?", "What makes the sky blue?"]
+    assert questions.scores.tolist() == [4.6, 4.0]
+    single = only_subset(load_dataset(str(folder / "STS2016.input.question-question.txt")))
+    assert single.name == "question-question" and single.sentences1 == questions.sentences1
+
+
+def test_sts16_by_name_finds_the_official_layout(tmp_path, monkeypatch):
+    monkeypatch.setenv(ENV_VAR, str(tmp_path))
+    write_sts2016(tmp_path / "STS16")
+    dataset = load_dataset("sts16")
+    assert [subset.name for subset in dataset.subsets] == ["headlines", "question-question"]
+    assert dataset.pairs == 3
+
+
+def test_one_subset_in_both_layouts_is_refused(tmp_path):
+    write_sts2016(tmp_path)
+    write(tmp_path / "STS.input.headlines.txt", "Markets fall\tStocks drop\n")
+    write(tmp_path / "STS.gs.headlines.txt", "3.8\n")
+    with pytest.raises(WhitenError, match="subset headlines is there twice"):
+        load_dataset(str(tmp_path))
+
+
 def test_folders_holding_stsb_or_sick(tmp_path):
     write(tmp_path / "stsb" / "sts-test.csv", STSB_ROWS)
     write(tmp_path / "stsb" / "sts-dev.csv", STSB_ROWS.splitlines()[0])
@@ -184,24 +226,25 @@ def test_bad_input_names_file_and_line(tmp_path, name, content, line):
     assert f"{name}:{line}:" in str(error.value)
 
 
+@pytest.mark.parametrize("prefix", ["STS", "STS2016"])
 @pytest.mark.parametrize(
     "inputs, golds, bad_file, line",
     [
-        ("a\tb\nc\td\n", "1\n", "STS.gs.X.txt", 2),  # gold shorter than input
-        ("a\tb\n", "1\n2\n", "STS.gs.X.txt", 2),  # gold longer than input
-        ("a\tb\nc\td\n", "1\nhigh\n", "STS.gs.X.txt", 2),
-        ("a\tb\nonly one\n", "1\n2\n", "STS.input.X.txt", 2),
-        ("a\tb\n", "\n", "STS.gs.X.txt", 1),  # nothing scored
-        ("", "", "STS.input.X.txt", 1),
-        ("a\tb\n", b"\xff\n", "STS.gs.X.txt", 1),
+        ("a\tb\nc\td\n", "1\n", "gs", 2),  # gold shorter than input
+        ("a\tb\n", "1\n2\n", "gs", 2),  # gold longer than input
+        ("a\tb\nc\td\n", "1\nhigh\n", "gs", 2),
+        ("a\tb\nonly one\n", "1\n2\n", "input", 2),
+        ("a\tb\n", "\n", "gs", 1),  # nothing scored
+        ("", "", "input", 1),
+        ("a\tb\n", b"\xff\n", "gs", 1),
     ],
 )
-def test_bad_senteval_input_names_file_and_line(tmp_path, inputs, golds, bad_file, line):
-    write(tmp_path / "STS.input.X.txt", inputs)
-    write(tmp_path / "STS.gs.X.txt", golds)
+def test_bad_senteval_input_names_file_and_line(tmp_path, prefix, inputs, golds, bad_file, line):
+    write(tmp_path / f"{prefix}.input.X.txt", inputs)
+    write(tmp_path / f"{prefix}.gs.X.txt", golds)
     with pytest.raises(InputError) as error:
         load_dataset(str(tmp_path))
-    assert f"{bad_file}:{line}:" in str(error.value)
+    assert f"{prefix}.{bad_file}.X.txt:{line}:" in str(error.value)
 
 
 REAL_COUNTS = {
