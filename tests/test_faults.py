@@ -336,7 +336,7 @@ def test_eval_names_the_dataset_file_that_cannot_be_correlated(tiny_model, tmp_p
 
 
 def test_constant_similarities_name_the_subset(tmp_path):
-    from whiten_cli.benchmarks import Dataset, PairSet
+    from whiten_cli.sts import Dataset, PairSet
     from whiten_cli.evaluate import score_dataset
 
     source = tmp_path / "STS.input.MSRpar.txt"
