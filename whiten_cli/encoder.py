@@ -314,20 +314,17 @@ class Encoder:
         return max(self.batch_size, 1) * _TOKENS_PER_TEXT
 
     def _tokenize_ids(self, texts: list[str]) -> tuple[list[list[int]], np.ndarray]:
-        """Token ids per text (cut to ``max_length``) and a mask of the texts that were cut."""
-        ids = self._tokenizer(texts, add_special_tokens=True, truncation=False, return_attention_mask=False,
-                              return_token_type_ids=False, verbose=False)["input_ids"]
+        """Token ids per text, cut to ``max_length`` by the tokenizer's own truncation (as
+        sentence-transformers does), and a mask of the texts that were cut."""
+        options = {"add_special_tokens": True, "return_attention_mask": False, "return_token_type_ids": False,
+                   "verbose": False}
+        ids = self._tokenizer(texts, truncation=True, max_length=self.max_length, **options)["input_ids"]
         cut = np.zeros(len(ids), dtype=bool)
-        special = None
-        for i, seq in enumerate(ids):
-            if len(seq) > self.max_length:
-                if special is None:
-                    special = set(self._tokenizer.all_special_ids)
-                tail = 0
-                while tail < 2 and tail < len(seq) and seq[len(seq) - 1 - tail] in special:
-                    tail += 1
-                ids[i] = seq[: self.max_length - tail] + (seq[len(seq) - tail :] if tail else [])
-                cut[i] = True
+        # Only a text that fills max_length can have been cut: count its tokens uncut to tell.
+        full = [i for i, seq in enumerate(ids) if len(seq) >= self.max_length]
+        if full:
+            uncut = self._tokenizer([texts[i] for i in full], truncation=False, **options)["input_ids"]
+            cut[full] = [len(seq) > self.max_length for seq in uncut]
         return ids, cut
 
     def _forward(self, batch: list[list[int]], poolings: Sequence[str], model=None) -> dict[str, np.ndarray]:
