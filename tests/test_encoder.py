@@ -132,6 +132,17 @@ def test_duplicates_give_identical_rows(encoder):
     assert calls[-1] == (2, 2)  # two distinct texts
 
 
+def test_one_text_gives_one_vector(tiny_st_model):
+    """A str is one text, as in sentence-transformers: a 1-d vector, not one row per character."""
+    encoder = Encoder(str(tiny_st_model))
+    vector = encoder.encode(SHORT)
+    assert vector.shape == (HIDDEN,)
+    np.testing.assert_array_equal(vector, encoder.encode([SHORT])[0])
+    vectors = encoder.encode_poolings(SHORT, ["model", "cls"])
+    assert {pooling: v.shape for pooling, v in vectors.items()} == {"model": (HIDDEN,), "cls": (HIDDEN,)}
+    np.testing.assert_array_equal(vectors["model"], vector)
+
+
 def test_no_texts_give_no_rows(encoder):
     assert encoder.encode([]).shape == (0, HIDDEN)
     assert {p: v.shape for p, v in encoder.encode_poolings([], ["cls", "last2avg"]).items()} == {

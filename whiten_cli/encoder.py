@@ -153,7 +153,8 @@ class Encoder:
     """Turns texts into pooled float32 vectors, one row per text, in input order.
 
     >>> encoder = Encoder()                      # default model, its own pooling
-    >>> vectors = encoder.encode(["a sentence", "another one"])
+    >>> vectors = encoder.encode(["a sentence", "another one"])   # shape (2, dim)
+    >>> vector = encoder.encode("a sentence")                      # one text: shape (dim,)
 
     ``dtype`` picks the arithmetic: ``float32`` (exact), ``bfloat16`` (on CPU the weights are cast
     to bfloat16, on CUDA the forward pass runs under autocast), ``float16`` (autocast) or ``int8``
@@ -237,19 +238,23 @@ class Encoder:
         return "\x1f".join((self.source.fingerprint, _files_digest(self._transformer_path), spec,
                             str(self.max_length), self.dtype))
 
-    def encode(self, texts: Sequence[str], *, progress: Progress | None = None) -> np.ndarray:
-        """Pooled vectors of ``texts`` with this encoder's pooling, shape (len(texts), dim)."""
+    def encode(self, texts: str | Sequence[str], *, progress: Progress | None = None) -> np.ndarray:
+        """Pooled vectors of ``texts`` with this encoder's pooling, shape (len(texts), dim);
+        one text (a ``str``) gives one vector, shape (dim,)."""
         return self.encode_poolings(texts, [self.pooling], progress=progress)[self.pooling]
 
     def encode_poolings(
-        self, texts: Sequence[str], poolings: Sequence[str], *, progress: Progress | None = None
+        self, texts: str | Sequence[str], poolings: Sequence[str], *, progress: Progress | None = None
     ) -> dict[str, np.ndarray]:
-        """Vectors for several poolings from a single forward pass over ``texts``.
+        """Vectors for several poolings from a single forward pass over ``texts`` (a ``str`` is
+        one text and gives 1-d vectors).
 
         Duplicate texts are encoded once; texts found in the cache (for every pooling asked) are
         not encoded at all. ``progress(done, total)`` is called after each batch, counting
         distinct texts.
         """
+        if isinstance(texts, str):
+            return {pooling: vectors[0] for pooling, vectors in self.encode_poolings([texts], poolings, progress=progress).items()}
         poolings = list(dict.fromkeys(check_pooling(pooling) for pooling in poolings))
         if len(texts) == 0:
             return {pooling: np.empty((0, self.dim), dtype=np.float32) for pooling in poolings}
