@@ -67,25 +67,50 @@ def tiny_bert(folder: Path, seed: int = 0) -> Path:
     return folder
 
 
-def make_sentence_transformers(plain: Path, folder: Path, mode: str = "mean", normalize: bool = True) -> Path:
-    """Copy a plain HF folder and add the sentence-transformers modules (Pooling [+ Normalize])."""
+LEGACY_POOLING_FLAGS = {"cls": "pooling_mode_cls_token", "max": "pooling_mode_max_tokens", "mean": "pooling_mode_mean_tokens",
+                        "mean_sqrt_len": "pooling_mode_mean_sqrt_len_tokens",
+                        "weightedmean": "pooling_mode_weightedmean_tokens", "lasttoken": "pooling_mode_lasttoken"}
+
+
+def make_sentence_transformers(plain: Path, folder: Path, mode: str = "mean", normalize: bool = True, *,
+                               dense: tuple[int, str] | None = None, dense_file: str = "model.safetensors",
+                               max_seq_length: int | None = None, do_lower_case: bool | None = None) -> Path:
+    """Copy a plain HF folder and add sentence-transformers modules as 3.x–5.x wrote them by hand:
+    Pooling (``mode``, several joined by "+"), an optional Dense (out_features, activation class path;
+    random weights in ``dense_file``), an optional Normalize, and sentence_bert_config.json settings."""
     shutil.copytree(plain, folder)
-    modules = [
-        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
-    ]
+    modes = mode.split("+")
+    types = [("", "Transformer"), ("1_Pooling", "Pooling")]
+    if dense:
+        types.append(("2_Dense", "Dense"))
     if normalize:
-        modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"})
-        (folder / "2_Normalize").mkdir()
+        types.append((f"{len(types)}_Normalize", "Normalize"))
+        (folder / types[-1][0]).mkdir()
+    modules = [{"idx": i, "name": str(i), "path": path, "type": f"sentence_transformers.models.{kind}"}
+               for i, (path, kind) in enumerate(types)]
     write(folder / "modules.json", json.dumps(modules, indent=2))
-    pooling = {
-        "word_embedding_dimension": HIDDEN,
-        "pooling_mode_cls_token": mode == "cls",
-        "pooling_mode_mean_tokens": mode == "mean",
-        "pooling_mode_max_tokens": mode == "max",
-        "pooling_mode_mean_sqrt_len_tokens": mode == "mean_sqrt_len",
-    }
+    pooling = {"word_embedding_dimension": HIDDEN, **{flag: name in modes for name, flag in LEGACY_POOLING_FLAGS.items()}}
     write(folder / "1_Pooling" / "config.json", json.dumps(pooling, indent=2))
+    if dense:
+        import torch
+
+        out_features, activation = dense
+        in_features = HIDDEN * len(modes)
+        write(folder / "2_Dense" / "config.json", json.dumps({"in_features": in_features, "out_features": out_features,
+                                                              "bias": True, "activation_function": activation}))
+        generator = torch.Generator().manual_seed(7)
+        weights = {"linear.weight": torch.randn(out_features, in_features, generator=generator) / in_features ** 0.5,
+                   "linear.bias": torch.randn(out_features, generator=generator) * 0.1}
+        if dense_file == "model.safetensors":
+            from safetensors.torch import save_file
+
+            save_file(weights, str(folder / "2_Dense" / dense_file))
+        else:
+            torch.save(weights, folder / "2_Dense" / dense_file)
+    settings = {key: value for key, value in (("max_seq_length", max_seq_length), ("do_lower_case", do_lower_case))
+                if value is not None}
+    if settings:
+        write(folder / "sentence_bert_config.json", json.dumps(settings))
     return folder
 
 

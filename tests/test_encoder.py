@@ -11,6 +11,7 @@ from whiten_cli.encoder import (
     resolve_model,
 )
 from whiten_cli.errors import WhitenError
+from whiten_cli.st_folder import Normalize
 
 LAYER_POOLINGS = ("cls", "pooler", "last-avg", "first-last-avg", "last2avg")
 SHORT = "the cat plays."
@@ -132,6 +133,17 @@ def test_duplicates_give_identical_rows(encoder):
     assert calls[-1] == (2, 2)  # two distinct texts
 
 
+def test_one_text_gives_one_vector(tiny_st_model):
+    """A str is one text, as in sentence-transformers: a 1-d vector, not one row per character."""
+    encoder = Encoder(str(tiny_st_model))
+    vector = encoder.encode(SHORT)
+    assert vector.shape == (HIDDEN,)
+    np.testing.assert_array_equal(vector, encoder.encode([SHORT])[0])
+    vectors = encoder.encode_poolings(SHORT, ["model", "cls"])
+    assert {pooling: v.shape for pooling, v in vectors.items()} == {"model": (HIDDEN,), "cls": (HIDDEN,)}
+    np.testing.assert_array_equal(vectors["model"], vector)
+
+
 def test_no_texts_give_no_rows(encoder):
     assert encoder.encode([]).shape == (0, HIDDEN)
     assert {p: v.shape for p, v in encoder.encode_poolings([], ["cls", "last2avg"]).items()} == {
@@ -140,7 +152,8 @@ def test_no_texts_give_no_rows(encoder):
 
 def test_sentence_transformers_model_pooling(tiny_st_model, tiny_model):
     pooling = read_model_pooling(tiny_st_model)
-    assert pooling == ModelPooling(mode="mean", normalize=True, transformer_subfolder="")
+    assert pooling == ModelPooling(modes=("mean",), embedding_dimension=HIDDEN, head=(Normalize(),),
+                                   transformer_subfolder="", max_seq_length=None, do_lower_case=False)
     assert read_model_pooling(tiny_model) is None
     assert default_pooling(tiny_st_model) == "model"
     st = Encoder(str(tiny_st_model))  # its own pooling by default
@@ -179,9 +192,8 @@ def test_model_pooling_on_plain_folder(tiny_model):
 
 def test_unsupported_sentence_transformers_config(tmp_path, tiny_model):
     folder = make_sentence_transformers(tiny_model, tmp_path / "two", mode="mean")
-    (folder / "1_Pooling" / "config.json").write_text(
-        '{"pooling_mode_cls_token": true, "pooling_mode_mean_tokens": true}')
-    with pytest.raises(WhitenError, match="not supported"):
+    (folder / "1_Pooling" / "config.json").write_text('{"pooling_mode": "median", "embedding_dimension": 32}')
+    with pytest.raises(WhitenError, match="pooling median is not supported"):
         Encoder(str(folder))
     (folder / "1_Pooling" / "config.json").write_text("{broken")
     with pytest.raises(WhitenError, match="unreadable"):

@@ -69,7 +69,7 @@ app = typer.Typer(
 ModelOpt = Annotated[Optional[str], typer.Option("--model", "-m", help="HF folder, sentence-transformers folder or hub id [default: all-MiniLM-L6-v2].")]
 PoolingOpt = Annotated[Optional[str], typer.Option("--pooling", "-p", help="cls, pooler, last-avg, first-last-avg, last2avg or model [default: model's own, else first-last-avg].")]
 FieldOpt = Annotated[Optional[str], typer.Option("--field", "--column", help="JSONL field or CSV/TSV column with the text [default: text/sentence].")]
-MaxLengthOpt = Annotated[Optional[int], typer.Option("--max-length", help="Tokens per text; longer texts are truncated and counted [default: 128].")]
+MaxLengthOpt = Annotated[Optional[int], typer.Option("--max-length", help="Tokens per text; longer texts are truncated and counted [default: a sentence-transformers folder's max_seq_length, else 128].")]
 BatchOpt = Annotated[Optional[int], typer.Option("--batch-size", help="Texts per forward pass [default: 64].")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:1, ...")]
 DtypeOpt = Annotated[Optional[str], typer.Option("--dtype", help="float32, bfloat16 (about 2x faster on CPU, same scores), float16 or int8 (CPU, fastest, least exact) [default: float32].")]
@@ -86,7 +86,7 @@ def _settings(config: str | None, **flags) -> dict:
     """Built-in defaults < preset/TOML < flags given on the command line."""
     from whiten_cli.config import load_config
 
-    settings = {"max_length": 128, "batch_size": 64, "beta": 1.0, "gamma": 1.0, "seed": 0, "dtype": "float32",
+    settings = {"max_length": None, "batch_size": 64, "beta": 1.0, "gamma": 1.0, "seed": 0, "dtype": "float32",
                 "whiten": True, "normalize": True}
     settings.update(load_config(config))
     settings.update({key: value for key, value in flags.items() if value is not None})

