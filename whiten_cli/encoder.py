@@ -203,7 +203,7 @@ def _file_digests(files: list[Path]) -> list[str]:
             _log.info("weights %s: sha256 from the hash cache", file)
             continue
         started = time.perf_counter()
-        digest = _hash_file(str(real), *stamp)
+        digest = _hash_file(str(file), *stamp)
         _log.info("weights %s: hashed %.0f MB in %.2f s", file, stat.st_size / 1e6, time.perf_counter() - started)
         known[str(real)] = [*stamp, digest]
         digests.append(digest)
@@ -215,7 +215,9 @@ def _file_digests(files: list[Path]) -> list[str]:
 
 @lru_cache(maxsize=64)
 def _hash_file(name: str, size: int, mtime_ns: int, ctime_ns: int) -> str:
-    """sha256 of a weight file, checked for truncation on the way (keyed by its stat: re-hashed when it changes)."""
+    """sha256 of a weight file, checked for truncation on the way (keyed by its stat: re-hashed when it changes).
+
+    ``name`` is the path the model names (a hub snapshot's link, whose target blob has no suffix)."""
     digest = hashlib.sha256()
     try:
         with open(name, "rb") as handle:
