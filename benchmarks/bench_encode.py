@@ -21,12 +21,17 @@ sentence-transformers is a benchmark dependency only (``pip install -e .[bench]`
 repository root; the cache is off for every timed run::
 
     python benchmarks/bench_encode.py                      # all workloads, 5/2/2 rounds
-    python benchmarks/bench_encode.py --workloads stsb --rounds 7 --modes float32,bfloat16
+    python benchmarks/bench_encode.py --workloads stsb --rounds 3 --modes float32,auto,bfloat16
+
+Modes are whiten's ``--dtype`` values; ``auto`` is shown with the dtype it resolved to. The header
+names the CPU and the flags that decide bfloat16's speed (avx2, avx512f, avx512_bf16, amx_bf16), and
+the load average, since figures from one CPU say little about another.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import statistics
 import sys
@@ -46,6 +51,20 @@ LARGE_SPLITS = ("stsb-train", "stsb-dev", "stsb", "sick-train", "sick-trial", "s
 
 def say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
+
+
+def cpu_header(torch) -> str:
+    """CPU model, the flags that decide bfloat16's speed, torch's view of it, threads and load."""
+    from whiten_cli.encoder import choose_dtype, cpu_flags
+
+    name, flags = cpu_flags()
+    marks = ", ".join(f"{flag}{'' if flag in flags else ' NO'}" for flag in ("avx2", "avx512f", "avx512_bf16", "amx_bf16"))
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "?"
+    auto = choose_dtype("auto", "cpu")
+    return (f"CPU: {name or platform.processor() or platform.machine()} ({os.cpu_count()} cores; {marks}; "
+            f"torch capability {torch.backends.cpu.get_cpu_capability()})\n"
+            f"torch {torch.__version__}, {torch.get_num_threads()} threads; load average {load}\n"
+            f"--dtype auto → {auto.dtype}: {auto.reason}")
 
 
 def large_corpus(size: int) -> list[str]:
@@ -86,7 +105,8 @@ def make_runners(modes: list[str], max_length: int, batch_size: int | None, st_m
     for mode in modes:
         options = {"batch_size": batch_size} if batch_size else {}
         encoder = Encoder(None, max_length=max_length, dtype=mode, cache=None, **options)
-        runners.append(Runner(f"whiten {mode}", encoder.encode))
+        label = f"whiten auto→{encoder.dtype}" if mode == "auto" else f"whiten {mode}"
+        runners.append(Runner(label, encoder.encode))
     return runners
 
 
@@ -155,7 +175,7 @@ def table(rows: list[dict]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workloads", default="stsb,large,long", help="comma list of stsb, large, long")
-    parser.add_argument("--modes", default="float32,bfloat16,int8", help="whiten dtypes to time")
+    parser.add_argument("--modes", default="float32,auto,bfloat16,int8", help="whiten dtypes to time")
     parser.add_argument("--rounds", type=int, default=5, help="rounds for stsb")
     parser.add_argument("--large-rounds", type=int, default=2)
     parser.add_argument("--large-size", type=int, default=6000)
@@ -177,7 +197,8 @@ def main() -> None:
     workloads = [w for w in args.workloads.split(",") if w]
     path = str(resolve_model(None).path)
     st_model = SentenceTransformer(path, device="cpu")
-    say(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}")
+    header = cpu_header(torch)
+    say(header)
     rows = []
     if "stsb" in workloads:
         dataset = load_dataset("stsb")
@@ -195,6 +216,7 @@ def main() -> None:
         st_model.max_seq_length = 256
         runners = make_runners(modes, 256, args.batch_size, st_model)
         rows += summarize(f"long, max_length 256 ({len(texts)})", texts, measure("long", texts, runners, args.long_rounds, max(1, args.slice // 10)))
+    print(header)
     print(table(rows))
 
 

@@ -6,6 +6,7 @@ Heavy libraries (torch, transformers, faiss, numpy) are imported inside commands
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 from pathlib import Path
@@ -72,7 +73,8 @@ FieldOpt = Annotated[Optional[str], typer.Option("--field", "--column", help="JS
 MaxLengthOpt = Annotated[Optional[int], typer.Option("--max-length", help="Tokens per text; longer texts are truncated and counted [default: a sentence-transformers folder's max_seq_length, else 128].")]
 BatchOpt = Annotated[Optional[int], typer.Option("--batch-size", help="Texts per forward pass [default: 64].")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:1, ...")]
-DtypeOpt = Annotated[Optional[str], typer.Option("--dtype", help="float32, bfloat16 (about 2x faster on CPU, same scores), float16 or int8 (CPU, fastest, least exact) [default: float32].")]
+DtypeOpt = Annotated[Optional[str], typer.Option("--dtype", help="auto [default]: bfloat16 where this CPU runs it natively and measurably faster (AMX, AVX512-BF16), bfloat16/float16 autocast on CUDA, else float32 (-v says which and why); float32; bfloat16 (~2x faster on CPUs with native bfloat16, same scores; far slower on AVX2-only CPUs); float16; int8 (CPU; lossy: ~1 point lower Spearman, cosine to float32 down to 0.72).")]
+VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Say which dtype was chosen and why, and whether the model's weights were hashed or found in the hash cache.")]
 ConfigOpt = Annotated[Optional[str], typer.Option("--config", "-c", help="Preset name (default, paper, soft, compact, retrieval) or a TOML file.")]
 BetaOpt = Annotated[Optional[float], typer.Option("--beta", help="Mean removed: x − βμ, in [0, 1] [default: 1].")]
 SkipEmptyOpt = Annotated[bool, typer.Option("--skip-empty", help="Skip empty texts instead of failing.")]
@@ -86,7 +88,7 @@ def _settings(config: str | None, **flags) -> dict:
     """Built-in defaults < preset/TOML < flags given on the command line."""
     from whiten_cli.config import load_config
 
-    settings = {"max_length": None, "batch_size": 64, "beta": 1.0, "gamma": 1.0, "seed": 0, "dtype": "float32",
+    settings = {"max_length": None, "batch_size": 64, "beta": 1.0, "gamma": 1.0, "seed": 0, "dtype": "auto",
                 "whiten": True, "normalize": True}
     settings.update(load_config(config))
     settings.update({key: value for key, value in flags.items() if value is not None})
@@ -99,6 +101,19 @@ def _say(message: str) -> None:
 
 def _clock() -> float:
     return time.monotonic()
+
+
+class _Echo(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        _say(record.getMessage())
+
+
+def _verbose(verbose: bool) -> None:
+    """-v: the library's info messages (dtype choice, weight hashing) as lines on stderr."""
+    logger = logging.getLogger("whiten_cli")
+    if not any(isinstance(handler, _Echo) for handler in logger.handlers):
+        logger.addHandler(_Echo())
+    logger.setLevel(logging.INFO if verbose else logging.WARNING)
 
 
 class _ProgressBar:
@@ -201,6 +216,7 @@ def fit(
     batch_size: BatchOpt = None,
     device: DeviceOpt = "cpu",
     dtype: DtypeOpt = None,
+    verbose: VerboseOpt = False,
     config: ConfigOpt = None,
     threads: ThreadsOpt = None,
     no_cache: NoCacheOpt = False,
@@ -208,6 +224,7 @@ def fit(
     quiet: QuietOpt = False,
 ) -> None:
     """Fit whitening (and an optional JL projection) on a corpus; write a pipeline folder."""
+    _verbose(verbose)
     from whiten_cli.pipeline import FitOptions, check_output_folder, fit_pipeline
     from whiten_cli.projection import jl_distortion, jl_min_dim
     from whiten_cli.readers import read_texts
@@ -256,6 +273,7 @@ def encode(
     batch_size: BatchOpt = None,
     device: DeviceOpt = "cpu",
     dtype: DtypeOpt = None,
+    verbose: VerboseOpt = False,
     config: ConfigOpt = None,
     threads: ThreadsOpt = None,
     no_cache: NoCacheOpt = False,
@@ -263,6 +281,7 @@ def encode(
     quiet: QuietOpt = False,
 ) -> None:
     """Encode texts to vectors (.npy): raw pooled vectors, or through a fitted pipeline."""
+    _verbose(verbose)
     from whiten_cli.readers import read_texts
 
     _check_npy_outputs(output, raw_output)
@@ -350,6 +369,7 @@ def eval_(
     batch_size: BatchOpt = None,
     device: DeviceOpt = "cpu",
     dtype: DtypeOpt = None,
+    verbose: VerboseOpt = False,
     config: ConfigOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the figures (Spearman and Pearson) as JSON instead of a table.")] = False,
     metric: Annotated[str, typer.Option("--metric", help="The table's figure: spearman or pearson (× 100).")] = "spearman",
@@ -361,6 +381,7 @@ def eval_(
     quiet: QuietOpt = False,
 ) -> None:
     """Spearman × 100 of cosine similarity on STS benchmarks: raw against whitened, side by side."""
+    _verbose(verbose)
     import json
 
     from whiten_cli import __version__
@@ -500,6 +521,7 @@ def index_(
     batch_size: BatchOpt = None,
     device: DeviceOpt = "cpu",
     dtype: DtypeOpt = None,
+    verbose: VerboseOpt = False,
     threads: ThreadsOpt = None,
     no_cache: NoCacheOpt = False,
     cache_dir: CacheDirOpt = None,
@@ -507,6 +529,7 @@ def index_(
     seed: Annotated[int, typer.Option("--seed", help="Seed of the IVF/PQ training sample and k-means.")] = 0,
 ) -> None:
     """Encode a corpus through a pipeline and build a FAISS index folder (or --append to one)."""
+    _verbose(verbose)
     from whiten_cli import index as ix
     from whiten_cli.pipeline import Pipeline
     from whiten_cli.readers import read_records
@@ -604,6 +627,7 @@ def search(
     batch_size: BatchOpt = None,
     device: DeviceOpt = "cpu",
     dtype: DtypeOpt = None,
+    verbose: VerboseOpt = False,
     threads: ThreadsOpt = None,
 ) -> None:
     """Search an index: the k nearest documents of each query by cosine similarity.
@@ -611,6 +635,7 @@ def search(
     Prints rank, score, id and text, tab-separated (a table on a terminal); with several queries
     each line starts with its query. The index's own pipeline encodes the queries.
     """
+    _verbose(verbose)
     import json
 
     from whiten_cli import index as ix

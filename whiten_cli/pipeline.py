@@ -1,6 +1,7 @@
 """The saved artifact: model reference + pooling + whitening + projection + normalization.
 
-A pipeline folder holds ``pipeline.json`` (metadata: model name and weight fingerprint, pooling,
+A pipeline folder holds ``pipeline.json`` (metadata: the model — name as typed, weight
+fingerprint, absolute path and path relative to the pipeline folder, hub id and revision — pooling,
 max_length, k, β, γ, projection, dims, tool version) and ``arrays.safetensors`` (μ, the whitening
 kernel, the eigenvalues, the projection matrix). Nothing is pickled; the folder is written
 atomically.
@@ -32,7 +33,7 @@ ARRAYS_FILE = "arrays.safetensors"
 class Pipeline:
     """Pooled encoder vectors → whitening → projection → L2 normalization."""
 
-    model: str
+    model: str  # the name as typed
     model_fingerprint: str
     pooling: str
     max_length: int
@@ -42,6 +43,9 @@ class Pipeline:
     normalize: bool = True
     eigenvalues: np.ndarray | None = None
     info: dict = field(default_factory=dict)  # free-form provenance: corpus, sentence count, ...
+    model_path: str | None = None  # the resolved folder (absolute); None in pipelines of older versions
+    model_revision: str | None = None  # a hub model's snapshot commit
+    model_hub_id: str | None = None
 
     @property
     def output_dim(self) -> int:
@@ -66,11 +70,30 @@ class Pipeline:
         return x.astype(np.float32, copy=False)
 
     def encoder(self, model: str | None = None, **options):
-        """An Encoder for this pipeline's model and pooling; refuses a model with other weights."""
-        from whiten_cli.encoder import Encoder, resolve_model
+        """An Encoder for this pipeline's model and pooling; refuses a model with other weights.
 
-        source = resolve_model(model or self.model)
-        self.check_model(source.fingerprint, source.name)
+        Without ``model``: the stored folder, else the hub id at its stored revision, else the
+        name as typed (pipelines of older versions)."""
+        from whiten_cli.encoder import Encoder, legacy_fingerprint, resolve_model
+
+        if model is not None:
+            source = resolve_model(model)
+        elif self.model_path is not None and Path(self.model_path).is_dir():
+            source = resolve_model(self.model_path)
+        elif self.model_hub_id is not None:
+            source = resolve_model(self.model_hub_id, revision=self.model_revision)
+        else:
+            try:
+                source = resolve_model(self.model)
+            except WhitenError:
+                if self.model_path is None:
+                    raise
+                raise WhitenError(f"{self.model_path}: this pipeline's model folder is gone (and not found beside "
+                                  f"the pipeline either); give its new place with --model") from None
+        if self.model_path is not None or source.fingerprint == self.model_fingerprint:
+            self.check_model(source.fingerprint, source.name)
+        else:  # an older pipeline: fingerprinted every top-level weight file
+            self.check_model(legacy_fingerprint(source.path) or source.fingerprint, source.name)
         return Encoder(str(source.path), pooling=self.pooling, max_length=self.max_length, **options)
 
     def check_model(self, fingerprint: str, name: str) -> None:
@@ -84,18 +107,26 @@ class Pipeline:
         """Encode and transform ``texts`` with an encoder from :meth:`encoder`."""
         return self.transform(encoder.encode(texts, **options))
 
-    def metadata(self) -> dict:
+    def metadata(self, folder: str | os.PathLike[str] | None = None) -> dict:
+        """The ``pipeline.json`` content; ``folder`` (where it is saved) adds the model's relative path."""
         whitening = None
         if self.whitening is not None:
             whitening = {"k": self.whitening.n_components, "beta": self.whitening.beta, "gamma": self.whitening.gamma}
         projection = None
         if self.projection is not None:
             projection = {"kind": "gaussian-jl", "n": self.projection.n_components, "seed": self.projection.seed}
+        model = {"name": self.model, "fingerprint": self.model_fingerprint}
+        if self.model_path is not None:
+            model["path"] = self.model_path
+            if folder is not None:
+                model["relative_path"] = Path(os.path.relpath(self.model_path, Path(folder).resolve())).as_posix()
+        if self.model_hub_id is not None:
+            model.update(hub_id=self.model_hub_id, revision=self.model_revision)
         return {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
             "tool_version": __version__,
-            "model": {"name": self.model, "fingerprint": self.model_fingerprint},
+            "model": model,
             "pooling": self.pooling,
             "max_length": self.max_length,
             "input_dim": self.input_dim,
@@ -124,7 +155,7 @@ class Pipeline:
         if self.projection is not None:
             arrays["projection"] = self.projection.matrix
         with atomic_directory(path) as tmp:
-            (tmp / METADATA_FILE).write_text(json.dumps(self.metadata(), indent=2) + "\n", encoding="utf-8")
+            (tmp / METADATA_FILE).write_text(json.dumps(self.metadata(path), indent=2) + "\n", encoding="utf-8")
             save_file({name: np.ascontiguousarray(a) for name, a in arrays.items()}, str(tmp / ARRAYS_FILE),
                       metadata={"format": FORMAT})
         return Path(path)
@@ -177,6 +208,9 @@ class Pipeline:
                 normalize=bool(meta["normalize"]),
                 eigenvalues=arrays.get("eigenvalues"),
                 info=meta.get("info", {}),
+                model_path=_model_folder(meta["model"], folder),
+                model_revision=meta["model"].get("revision"),
+                model_hub_id=meta["model"].get("hub_id"),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise WhitenError(f"{meta_file}: incomplete pipeline metadata (missing {exc})") from None
@@ -264,6 +298,16 @@ def _check_arrays(arrays: dict[str, np.ndarray], meta: dict, arrays_file: Path) 
             raise WhitenError(f"{arrays_file}: {name!r} holds NaN or infinite values")
 
 
+def _model_folder(model: dict, folder: Path) -> str | None:
+    """The stored absolute model path, else the stored relative one resolved against the pipeline
+    folder when that exists there (the model moved along with the pipeline)."""
+    path, relative = model.get("path"), model.get("relative_path")
+    if path is None or Path(path).is_dir() or relative is None:
+        return path
+    beside = (folder / relative).resolve()
+    return str(beside) if beside.is_dir() else path
+
+
 def check_output_folder(path: str | os.PathLike[str]) -> None:
     """Refuse to write a pipeline over something that is not an (empty or) pipeline folder."""
     target = Path(path)
@@ -338,5 +382,8 @@ def fit_pipeline(
         projection=projection,
         normalize=options.normalize,
         eigenvalues=eigenvalues,
-        info={"fitted_on": len(texts), **(info or {})},
+        info={"fitted_on": len(texts), "dtype": encoder.dtype, **(info or {})},
+        model_path=str(encoder.source.path),
+        model_revision=encoder.source.revision,
+        model_hub_id=encoder.source.hub_id,
     )
