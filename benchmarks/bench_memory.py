@@ -8,7 +8,7 @@ is on (the default behaviour) in a fresh temporary folder, so each text is reall
 
 Run from the repository root (100k sentences take a few minutes on 2 cores)::
 
-    python benchmarks/bench_memory.py                       # 10k and 100k, --dtype bfloat16
+    python benchmarks/bench_memory.py                       # 10k and 100k, --dtype auto
     python benchmarks/bench_memory.py --sizes 10000,100000 --dtype float32 --threads 1
 """
 
@@ -62,7 +62,7 @@ def peak_rss_mb(command: list[str]) -> tuple[float, float, int]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="10000,100000")
-    parser.add_argument("--dtype", default="bfloat16", help="whiten --dtype (memory, not speed, is measured)")
+    parser.add_argument("--dtype", default="auto", help="whiten --dtype (memory, not speed, is measured)")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--workdir", type=Path, default=None, help="where corpora, cache and pipelines go [default: a temp folder]")
     args = parser.parse_args()
