@@ -314,6 +314,24 @@ def test_help_and_import_do_not_load_heavy_libraries():
     assert "encode" in result.stdout
 
 
+@pytest.mark.parametrize("args", [("search", "ix", "q", "-k", "abc"), ("fit", "c.txt", "-o", "p", "--gamma", "strong"),
+                                  ("nosuchcommand",)])
+def test_usage_errors_are_clicks_own(args):
+    """A value of the wrong type is a usage error (exit 2, the option named), not an internal error."""
+    result = subprocess.run([sys.executable, "-m", "whiten_cli", *args], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert "internal error" not in result.stderr and "Traceback" not in result.stderr
+    assert "Error:" in result.stderr
+
+
+def test_cli_runs_without_the_click_package():
+    """typer 0.2x carries its own click: the CLI must not need the click package (it is not a dependency)."""
+    code = "import sys; sys.modules['click'] = None\nimport whiten_cli.cli\nwhiten_cli.cli.main()\n"
+    result = subprocess.run([sys.executable, "-c", code, "--help"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "encode" in result.stdout
+
+
 def test_python_dash_m():
     result = subprocess.run([sys.executable, "-m", "whiten_cli", "--help"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and "fit" in result.stdout

@@ -12,9 +12,13 @@ import time
 from pathlib import Path
 from typing import Annotated, Optional
 
-import click
 import typer
 from typer.core import TyperGroup
+
+try:  # typer 0.2x runs on its own copy of click and no longer needs the click package
+    from typer._click import ClickException
+except ImportError:  # older typer: click itself
+    from click import ClickException
 
 from whiten_cli.errors import InputError, WhitenError, describe_fault, one_line, writing
 
@@ -28,7 +32,7 @@ class _Group(TyperGroup):
     it, and every fault other than a WhitenError, for the traceback). Warnings are one line too.
     """
 
-    def invoke(self, ctx: click.Context):
+    def invoke(self, ctx: typer.Context):
         import os
         import warnings
 
@@ -36,7 +40,7 @@ class _Group(TyperGroup):
             with warnings.catch_warnings():
                 warnings.showwarning = lambda message, *_, **__: typer.echo(f"warning: {one_line(message)}", err=True)
                 return super().invoke(ctx)
-        except (typer.Exit, typer.Abort, click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+        except (typer.Exit, typer.Abort, ClickException):
             raise  # help, usage errors and exit codes: click's own
         except WhitenError as exc:
             typer.echo(f"error: {one_line(exc)}", err=True)
