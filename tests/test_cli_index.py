@@ -314,6 +314,8 @@ def test_index_bad_options(tmp_path):
                           "short.npy", "2 vectors for the 6 texts")
     assert_one_line_error(run("index", corpus, "--pipeline", pipe, "-o", out, "--raw-vectors", tmp_path / "short.npy"),
                           "short.npy", "shape")
+    assert_one_line_error(run("index", corpus, "--pipeline", pipe, "-o", out, "--vectors", corpus),
+                          "c.txt", "not a .npy file")
     assert not out.exists()
 
 

@@ -490,6 +490,9 @@ def _load_vectors(path: Path, rows: int, dim: int, what: str):
 
     if not path.is_file():
         raise InputError(path, "no such file")
+    with open(path, "rb") as handle:
+        if handle.read(6) != b"\x93NUMPY":
+            raise InputError(path, "not a .npy file (no NumPy header)")
     try:
         array = np.load(path, mmap_mode="r", allow_pickle=False)
     except (OSError, ValueError) as exc:
