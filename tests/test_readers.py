@@ -160,6 +160,14 @@ def test_csv_row_with_too_few_columns(tmp_path):
     assert f"{path}:3:" in str(info.value) and "columns" in str(info.value)
 
 
+@pytest.mark.parametrize("body, line", [('text\nfine\n"never closed\nnext\n', 3), ('text\n"a"b\nok\n', 2)])
+def test_csv_broken_quoting_is_named_not_swallowed(tmp_path, body, line):
+    """An unterminated quote would otherwise swallow the rest of the file into one text."""
+    path = write(tmp_path / "c.csv", body)
+    with pytest.raises(InputError, match=rf"c.csv:{line}: bad CSV"):
+        read_texts(path)
+
+
 def test_tsv_row_with_too_few_columns(tmp_path):
     path = write(tmp_path / "c.tsv", "id\ttext\n1\tfine\n2\n")
     with pytest.raises(InputError, match=r":3: .*columns"):

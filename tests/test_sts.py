@@ -273,3 +273,10 @@ def test_shared_data_counts(name, pairs):
         assert [subset.name for subset in dataset.subsets] == [
             "MSRpar", "MSRvid", "SMTeuroparl", "surprise.OnWN", "surprise.SMTnews"
         ]
+
+
+def test_pairs_csv_with_an_unterminated_quote_is_named(tmp_path):
+    path = tmp_path / "pairs.csv"
+    path.write_text('sentence1,sentence2,score\na,b,1\n"c,d,2\ne,f,3\n', encoding="utf-8")
+    with pytest.raises(InputError, match=r"pairs.csv:\d+: bad CSV"):
+        load_dataset(str(path))

@@ -156,12 +156,22 @@ def _column_index(path, header: list[str], name: str | None, defaults: tuple[str
     return None
 
 
+def _csv_rows(reader, started: list[int]):
+    """(line, row) with the line a row starts on; ``started[0]`` is the line of the row being read,
+    so that an error (an unterminated quote) names where the broken row begins."""
+    started[0] = 1
+    for row in reader:
+        yield started[0], row
+        started[0] = reader.line_num + 1
+
+
 def _read_table(path, kind: str, field: str | None, id_field: str | None, skip_empty: bool) -> list[Record]:
     lines = iter_lines(path)
+    started = [1]
     if kind == "csv":
         # Line ends go back in, so that a quoted field spanning lines keeps its newline (RFC 4180).
-        reader = csv.reader(line + "\n" for _, line in lines)
-        rows = ((reader.line_num, row) for row in reader)
+        reader = csv.reader((line + "\n" for _, line in lines), strict=True)
+        rows = _csv_rows(reader, started)
     else:
         rows = ((number, line.split("\t")) for number, line in lines)
     try:
@@ -189,5 +199,5 @@ def _read_table(path, kind: str, field: str | None, id_field: str | None, skip_e
             if _checked_text(path, text, number, skip_empty) is not None:
                 records.append(Record(text, number, row[id_col] if id_col is not None else str(number), id_col is not None))
     except csv.Error as exc:
-        raise InputError(path, f"bad CSV ({exc})", reader.line_num) from None
+        raise InputError(path, f"bad CSV ({exc})", started[0]) from None
     return records

@@ -225,7 +225,7 @@ def _load_header_table(
 ) -> PairSet:
     """A table with a header naming its columns; ``,`` uses CSV quoting, ``\\t`` none."""
     if delimiter == ",":
-        reader = csv.reader(line for _, line in lines)
+        reader = csv.reader((line for _, line in lines), strict=True)
         try:
             rows = [(reader.line_num, row) for row in reader]
         except csv.Error as exc:
