@@ -241,3 +241,26 @@ def test_csv_quoted_field_spanning_lines_keeps_its_newline(tmp_path):
     records = read_records(path)
     assert [r.text for r in records] == ["line one\nline two", "x"]
     assert [r.id for r in records] == ["1", "2"]
+
+
+@pytest.mark.parametrize("name, body", [("c.txt.gz", "one\ntwo\n"), ("c.jsonl.gz", '{"text": "one"}\n{"text": "two"}\n'),
+                                        ("c.csv.gz", 'text\n"one"\ntwo\n')])
+def test_gzip_inputs_are_read_through(tmp_path, name, body):
+    import gzip
+
+    path = tmp_path / name
+    path.write_bytes(gzip.compress(body.encode()))
+    assert read_texts(path) == ["one", "two"]
+
+
+def test_gzip_cut_short_or_fake_is_named(tmp_path):
+    import gzip
+
+    cut = tmp_path / "cut.txt.gz"
+    whole = gzip.compress("".join(f"sentence {i * 7919 % 100003}\n" for i in range(5000)).encode())
+    cut.write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(InputError, match=r"cut.txt.gz:\d+: not a readable gzip file"):
+        read_texts(cut)
+    fake = write(tmp_path / "fake.txt.gz", "plain text\n")
+    with pytest.raises(InputError, match=r"fake.txt.gz:1: not a readable gzip file"):
+        read_texts(fake)

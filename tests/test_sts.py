@@ -280,3 +280,14 @@ def test_pairs_csv_with_an_unterminated_quote_is_named(tmp_path):
     path.write_text('sentence1,sentence2,score\na,b,1\n"c,d,2\ne,f,3\n', encoding="utf-8")
     with pytest.raises(InputError, match=r"pairs.csv:\d+: bad CSV"):
         load_dataset(str(path))
+
+
+def test_gzipped_stsb_file_loads_by_its_inner_format(tmp_path):
+    import gzip
+
+    rows = "".join(f"main-captions\tMSRvid\t2012test\t{i:04d}\t{i % 5}.0\tsentence {i}\tother {i}\n" for i in range(4))
+    path = tmp_path / "sts-dev.csv.gz"
+    path.write_bytes(gzip.compress(rows.encode()))
+    dataset = load_dataset(str(path))
+    assert [subset.name for subset in dataset.subsets] == ["sts-dev"]
+    assert list(dataset.subsets[0].scores) == [0.0, 1.0, 2.0, 3.0]

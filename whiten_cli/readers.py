@@ -2,14 +2,17 @@
 
 Formats are chosen by suffix: ``.jsonl``/``.ndjson`` are JSON lines, ``.csv`` is comma-separated
 with a header (RFC 4180 quoting), ``.tsv``/``.tab`` is tab-separated with a header and no quoting
-(quotes are plain characters, as in STS-B), anything else is one text per line.
+(quotes are plain characters, as in STS-B), anything else is one text per line. Any of them may be
+gzip-compressed (``corpus.jsonl.gz``).
 """
 
 from __future__ import annotations
 
 import csv
+import gzip
 import json
 import os
+import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,9 +33,17 @@ class Record:
     id_from_file: bool = False  # whether ``id`` is the file's own (an id field or column)
 
 
+def format_suffix(path: str | os.PathLike[str]) -> str:
+    """The suffix that tells a file's format, lower-cased: ``.csv`` for ``pairs.csv.gz`` too."""
+    path = Path(path)
+    if path.suffix.lower() == ".gz":
+        path = path.with_suffix("")
+    return path.suffix.lower()
+
+
 def file_format(path: str | os.PathLike[str]) -> str:
-    """``"jsonl"``, ``"csv"``, ``"tsv"`` or ``"text"``, from the file's suffix."""
-    suffix = Path(path).suffix.lower()
+    """``"jsonl"``, ``"csv"``, ``"tsv"`` or ``"text"``, from the file's suffix (a ``.gz`` after it is read through)."""
+    suffix = format_suffix(path)
     if suffix in (".jsonl", ".ndjson"):
         return "jsonl"
     if suffix == ".csv":
@@ -43,27 +54,33 @@ def file_format(path: str | os.PathLike[str]) -> str:
 
 
 def iter_lines(path: str | os.PathLike[str]) -> Iterator[tuple[int, str]]:
-    """Yield ``(line_number, line)`` with line ends (LF or CRLF) and a UTF-8 BOM removed."""
+    """Yield ``(line_number, line)`` with line ends (LF or CRLF) and a UTF-8 BOM removed; a ``.gz``
+    file is decompressed on the way."""
     path = Path(path)
     if not path.exists():
         raise InputError(path, "no such file")
     if path.is_dir():
         raise InputError(path, "is a folder, expected a file")
     try:
-        handle = open(path, "rb")
+        handle = gzip.open(path, "rb") if path.suffix.lower() == ".gz" else open(path, "rb")
     except OSError as exc:
         raise InputError(path, f"cannot be read ({exc.strerror})") from None
-    with handle:
-        for number, raw in enumerate(handle, start=1):
-            if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
-                raw = raw[3:]
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise InputError(
-                    path, f"not valid UTF-8 (byte 0x{raw[exc.start]:02x} at column {exc.start + 1})", number
-                ) from None
-            yield number, line.rstrip("\r\n")
+    number = 0
+    try:
+        with handle:
+            for number, raw in enumerate(handle, start=1):
+                yield number, _decoded(path, raw, number)
+    except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
+        raise InputError(path, f"not a readable gzip file ({exc or 'cut short'})", number + 1) from None
+
+
+def _decoded(path: Path, raw: bytes, number: int) -> str:
+    if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
+        raw = raw[3:]
+    try:
+        return raw.decode("utf-8").rstrip("\r\n")
+    except UnicodeDecodeError as exc:
+        raise InputError(path, f"not valid UTF-8 (byte 0x{raw[exc.start]:02x} at column {exc.start + 1})", number) from None
 
 
 def read_records(

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from whiten_cli.errors import InputError, WhitenError
-from whiten_cli.readers import iter_json_objects, iter_lines
+from whiten_cli.readers import format_suffix, iter_json_objects, iter_lines
 
 ENV_VAR = "WHITEN_STS_DIR"
 
@@ -153,9 +153,11 @@ def _load_senteval_folder(folder: Path) -> list[PairSet]:
 
 def _subset_name(path: Path) -> str:
     """``MSRpar`` for ``STS.input.MSRpar.txt`` (or ``STS2016.input.MSRpar.txt``), else the file name
-    without its suffix."""
+    without its suffix (and a ``.gz`` after it)."""
     match = STS_INPUT.fullmatch(path.name)
-    return match["subset"] if match else path.stem
+    if match:
+        return match["subset"]
+    return Path(path.name[:-3] if path.name.lower().endswith(".gz") else path.name).stem
 
 
 def _load_file(path: Path, name: str) -> PairSet:
@@ -166,7 +168,7 @@ def _load_file(path: Path, name: str) -> PairSet:
     if not lines:
         raise InputError(path, "empty file, no sentence pairs", 1)
     first = lines[0][1]
-    suffix = path.suffix.lower()
+    suffix = format_suffix(path)
     if (path.name.startswith("sts-") and suffix == ".csv") or _looks_like_stsb(first):
         rows = _split_rows(path, lines, 7)
         return _pair_set(path, name, lines, [(number, row[5], row[6], row[4]) for number, row in rows])
