@@ -144,6 +144,20 @@ def test_one_text_gives_one_vector(tiny_st_model):
     np.testing.assert_array_equal(vectors["model"], vector)
 
 
+@pytest.mark.parametrize("texts, message", [(["fine", 5], r"texts\[1\] is int"), (["fine", None], r"texts\[1\] is NoneType"),
+                                           (None, "not NoneType"), (b"bytes", "not bytes")])
+def test_texts_that_are_not_strings_are_refused(encoder, texts, message):
+    """A number among the texts would otherwise be encoded as the text of its digits."""
+    with pytest.raises(TypeError, match=message):
+        encoder.encode(texts)
+
+
+def test_any_iterable_of_strings_is_texts(encoder):
+    expected = encoder.encode(["one", "two"])
+    for texts in (("one", "two"), iter(["one", "two"]), np.array(["one", "two"])):
+        np.testing.assert_array_equal(encoder.encode(texts), expected)
+
+
 def test_no_texts_give_no_rows(encoder):
     assert encoder.encode([]).shape == (0, HIDDEN)
     assert {p: v.shape for p, v in encoder.encode_poolings([], ["cls", "last2avg"]).items()} == {

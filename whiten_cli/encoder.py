@@ -20,7 +20,7 @@ import os
 import re
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -410,6 +410,7 @@ class Encoder:
         """
         if isinstance(texts, str):
             return {pooling: vectors[0] for pooling, vectors in self.encode_poolings([texts], poolings, progress=progress).items()}
+        texts = _checked_texts(texts)
         poolings = list(dict.fromkeys(check_pooling(pooling) for pooling in poolings))
         dims = {pooling: self.dim_of(pooling) for pooling in poolings}
         if len(texts) == 0:
@@ -552,6 +553,18 @@ def software_versions() -> tuple[str, ...]:
             return f"{package}=none"
 
     return (f"whiten={__version__}", *(installed(package) for package in ("torch", "transformers", "tokenizers")))
+
+
+def _checked_texts(texts) -> Sequence[str]:
+    """``texts`` as a sequence of str: a number or None among them would be tokenized as some other
+    text (or fail deep in the tokenizer), so it is refused with its position."""
+    if isinstance(texts, bytes) or not isinstance(texts, Iterable):
+        raise TypeError(f"texts must be a str or a sequence of str, not {type(texts).__name__}")
+    texts = texts if isinstance(texts, Sequence) else list(texts)
+    for position, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise TypeError(f"texts[{position}] is {type(text).__name__}, not str")
+    return texts
 
 
 def _deduplicate(texts: Sequence[str]) -> tuple[list[str], np.ndarray, np.ndarray]:
