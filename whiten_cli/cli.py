@@ -782,8 +782,8 @@ def _tune_report(result, datasets, poolings) -> str:
                f"{span(result.best.interval)}")
     chosen = result.chosen
     out.append(f"chosen: {chosen.candidate.label} ({chosen.candidate.pooling}, {chosen.candidate.family}), DEV "
-               f"{chosen.dev:.2f}; {len(result.ties)} candidate(s) within the paired bootstrap interval of the best, "
-               "the simplest kept")
+               f"{chosen.dev:.2f}, {span(chosen.difference)} to the best: the simplest candidate within the paired "
+               f"bootstrap interval of the best ({result.examined} examined, simplest first)")
     if result.note:
         out.append(f"NOTE: {result.note}")
     return "\n".join(out)

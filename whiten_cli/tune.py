@@ -294,7 +294,7 @@ class TuneResult:
     best: Scored
     raw: Scored  # the raw vectors of the first pooling, in or out of the budget
     scored: list[Scored]
-    ties: list[Scored]  # candidates whose difference to the best is within the bootstrap interval
+    examined: int  # candidates whose difference to the best was bootstrapped before the simplest tie was found
     per_budget: list[Scored]
     per_family: list[Scored]
     corpus_distances: list[dict]  # per pooling and corpus: distances to the DEV sentences, best DEV
@@ -310,9 +310,8 @@ class TuneResult:
     def note(self) -> str | None:
         if self.whitening_beats_raw:
             return None
-        where = "within the budget" if self.dim > self.max_dim else "(raw fits the budget)"
-        return (f"no whitening beats the raw {self.dim}d vectors on DEV ({self.raw.dev:.2f}); "
-                f"written: the best candidate {where}")
+        return (f"no whitening beats the raw {self.dim}d vectors on DEV ({self.raw.dev:.2f}); written: "
+                f"{self.chosen.candidate.label}, the choice within the budget of {self.max_dim} dims")
 
     def record(self) -> dict:
         """What pipeline.json keeps of the tune (and --json prints, with every candidate)."""
@@ -330,6 +329,7 @@ class TuneResult:
             "resamples": self.resamples,
             "seed": self.seed,
             "candidates": len(self.scored),
+            "examined": self.examined,
         }
 
 
@@ -344,7 +344,9 @@ def tune(
     seed: int = 0,
     progress=None,
 ) -> TuneResult:
-    """Score every candidate on DEV and choose one (see the module's doc for the rule)."""
+    """Score every candidate on DEV and choose one (see the module's doc for the rule).
+
+    A corpus named :data:`TARGET` stands for the DEV sentences themselves, whatever its texts."""
     from whiten_cli.compare import Gaussian, distances
     from whiten_cli.projection import RandomProjection
 
@@ -457,13 +459,18 @@ def tune(
     best_index = int(np.argmax(devs))
     best = scored[best_index]
     best.interval = interval(boot(best_index))
-    ties = []
-    for index in np.flatnonzero(devs >= best.interval[0]):  # below the best's own interval: not a tie
+    # Simplest first, so the first tie is the choice: only the candidates simpler than it are bootstrapped.
+    # A candidate below the best's own interval is not looked at: its paired interval would not reach 0.
+    contenders = sorted(np.flatnonzero(devs >= best.interval[0]),
+                        key=lambda i: candidates[i].simplicity(names + [UNION], poolings))
+    chosen, examined = best, 0
+    for index in contenders:
+        examined += 1
         item = scored[index]
         item.difference = interval(boot(index) - boot(best_index))
         if item.difference[1] >= 0:
-            ties.append(item)
-    chosen = min(ties, key=lambda item: item.candidate.simplicity(names + [UNION], poolings))
+            chosen = item
+            break
 
     def with_interval(index: int) -> Scored:
         item = scored[index]
@@ -492,7 +499,7 @@ def tune(
     for row in corpus_rows:
         row["best_dev"] = max(s.dev for s in scored if s.candidate.corpus == row["corpus"]
                               and s.candidate.pooling == row["pooling"])
-    return TuneResult(chosen, best, raw, scored, ties, per_budget, per_family, corpus_rows,
+    return TuneResult(chosen, best, raw, scored, examined, per_budget, per_family, corpus_rows,
                       fitted_best > best_raw, max_dim, dim, resamples, seed, fits, [d.name for d in dev])
 
 
