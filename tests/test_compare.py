@@ -104,6 +104,17 @@ def test_singular_covariance_is_regularised_with_a_stated_epsilon():
     assert all(np.isfinite(v) for v in (result.kl_ab, result.kl_ba, result.bhattacharyya, result.wasserstein))
 
 
+def test_epsilon_sets_the_ridge_of_a_singular_covariance_only():
+    rng = np.random.default_rng(9)
+    few, full = Gaussian.of(rng.standard_normal((3, 6))), random_gaussian(6, 10)
+    with pytest.warns(UserWarning):
+        small, large = distances(few, full, epsilon=1e-8), distances(few, full, epsilon=1e-2)
+    assert small.kl_ba > large.kl_ba  # KL(full‖few) grows as the degenerate directions get thinner
+    assert small.wasserstein == pytest.approx(large.wasserstein, rel=0.1)
+    regular = random_gaussian(6, 11)
+    assert distances(regular, full, epsilon=1e-8) == distances(regular, full, epsilon=1e-2)
+
+
 def test_different_dimensions_are_refused():
     with pytest.raises(Exception, match="B: vectors of dimension 3, but A has dimension 4"):
         distances(random_gaussian(4, 0), random_gaussian(3, 0))
@@ -141,7 +152,7 @@ def test_cli_text_files_are_encoded_and_a_table_printed(tiny_model, corpora):
     assert f"dimension {HIDDEN}" in result.stdout
 
 
-@pytest.mark.parametrize("case", ["dims", "one-row", "empty-text", "one-text"])
+@pytest.mark.parametrize("case", ["dims", "one-row", "empty-text", "one-text", "epsilon"])
 def test_cli_bad_inputs_are_one_line(tmp_path, tiny_model, case):
     a = tmp_path / "a.npy"
     np.save(a, np.random.default_rng(0).standard_normal((20, 4)))
@@ -153,9 +164,12 @@ def test_cli_bad_inputs_are_one_line(tmp_path, tiny_model, case):
         b, fragment = tmp_path / "b.npy", "b.npy: 1 vector;"
     elif case == "empty-text":
         b, fragment = write(tmp_path / "b.txt", ""), "b.txt"
-    else:
+    elif case == "one-text":
         b, fragment = write(tmp_path / "b.txt", "only one sentence\n"), "b.txt: 1 text;"
-    assert_one_line_error(run(a, b, "--model", tiny_model), fragment)
+    else:
+        b, fragment = a, "--epsilon must be in (0, 1), got 0"
+    extra = ["--epsilon", "0"] if case == "epsilon" else []
+    assert_one_line_error(run(a, b, "--model", tiny_model, *extra), fragment)
 
 
 def fitted_pipeline(tmp_path, tiny_model, corpus, *extra):

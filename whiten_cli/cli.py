@@ -802,6 +802,7 @@ def compare(
     dtype: DtypeOpt = None,
     verbose: VerboseOpt = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the distances as JSON.")] = False,
+    epsilon: Annotated[float, typer.Option("--epsilon", help="A (near-)singular covariance gets ε·(mean eigenvalue)·I added, with a warning; KL and Bhattacharyya then depend on ε.")] = 1e-6,
     threads: ThreadsOpt = None,
     no_cache: NoCacheOpt = False,
     cache_dir: CacheDirOpt = None,
@@ -814,6 +815,8 @@ def compare(
     from whiten_cli.compare import Gaussian, distances, drift, load_source, pipeline_gaussian, summary_lines
     from whiten_cli.encoder import check_pooling
 
+    if not 0 < epsilon < 1:
+        raise WhitenError(f"--epsilon must be in (0, 1), got {epsilon:g}")
     sources = [load_source(spec, field) for spec in (a, b)]
     pipe_source = next((src for src in sources if src.pipeline is not None), None)
     if pooling is not None:
@@ -835,11 +838,11 @@ def compare(
                 _report_truncation(encoder, len(src.texts))
     gaussians = [pipeline_gaussian(src.pipeline, src.path) if src.pipeline is not None else Gaussian.of(src.vectors)
                  for src in sources]
-    result = distances(gaussians[0], gaussians[1], (a, b))
-    report = {"a": a, "b": b, "dim": result.dim, "counts": [g.count for g in gaussians], **result.as_dict()}
+    result = distances(gaussians[0], gaussians[1], (a, b), epsilon)
+    report = {"a": a, "b": b, "dim": result.dim, "epsilon": epsilon, "counts": [g.count for g in gaussians], **result.as_dict()}
     moved = None
     if sources[0].pipeline is not None and sources[1].vectors is not None:
-        moved = drift(sources[0].pipeline, a, sources[1].vectors)
+        moved = drift(sources[0].pipeline, a, sources[1].vectors, epsilon)
         report["drift"] = {**moved.distances.as_dict(), "variance_ratios": moved.variance_ratios,
                            "reference_is_identity": moved.identity}
     if as_json:

@@ -6,9 +6,10 @@ whether the corpora differ by a shift or by their shape.
 
 Numerics: every inverse, log-determinant and square root goes through a symmetric
 eigen-decomposition (``eigh``), so no complex rounding noise appears and log-determinants do not
-overflow. A covariance whose smallest eigenvalue is below ``EPSILON``·(its mean eigenvalue) — a
-corpus with fewer texts than dimensions, or a constant feature — is regularised by adding that
-ε·I, with a warning that says so.
+overflow. A covariance whose smallest eigenvalue is below ε·(its mean eigenvalue) — a corpus with
+fewer texts than dimensions, or a direction the model never uses — is regularised by adding that
+ε·I, with a warning that says so. KL and Bhattacharyya grow like log(1/ε) and 1/ε along such a
+direction (the Gaussian is degenerate there), so their size then depends on ε; W₂ hardly does.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import numpy as np
 
 from whiten_cli.errors import WhitenError
 
-EPSILON = 1e-6  # relative to the mean eigenvalue: the ridge added to a (near-)singular covariance
+EPSILON = 1e-6  # default ε, relative to the mean eigenvalue: the ridge added to a (near-)singular covariance
 
 
 @dataclass(frozen=True)
@@ -62,17 +63,17 @@ class _Eigen:
         return (self.vectors * np.sqrt(self.values)) @ self.vectors.T
 
 
-def _eigen(covariance: np.ndarray, name: str, regularise: bool = True) -> _Eigen:
+def _eigen(covariance: np.ndarray, name: str, epsilon: float = EPSILON, regularise: bool = True) -> _Eigen:
     """The eigen-decomposition of a symmetric covariance, with ε·I added when it is (near-)singular."""
     sym = (covariance + covariance.T) / 2
     values, vectors = np.linalg.eigh(sym)
     scale = float(np.trace(sym)) / sym.shape[0]
     if not scale > 0:
         raise WhitenError(f"{name}: the vectors do not vary (zero covariance); no distance can be computed")
-    ridge = EPSILON * scale
+    ridge = epsilon * scale
     if regularise and values[0] < ridge:
         warnings.warn(f"{name}: singular covariance (smallest eigenvalue {values[0]:.3g}); regularised with "
-                      f"ε·I, ε = {EPSILON:g} × mean eigenvalue = {ridge:.3g}", stacklevel=3)
+                      f"ε·I, ε = {epsilon:g} × mean eigenvalue = {ridge:.3g}", stacklevel=3)
         values = values + ridge
     return _Eigen(np.maximum(values, ridge) if regularise else values, vectors)
 
@@ -95,11 +96,13 @@ class Distances:
         return dict(self.__dict__)
 
 
-def distances(a: Gaussian, b: Gaussian, names: tuple[str, str] = ("A", "B")) -> Distances:
+def distances(a: Gaussian, b: Gaussian, names: tuple[str, str] = ("A", "B"), epsilon: float = EPSILON) -> Distances:
     """KL(A‖B), KL(B‖A), Bhattacharyya and W₂ between two Gaussians of one dimension."""
+    if not 0 < epsilon < 1:
+        raise WhitenError(f"ε must be in (0, 1), got {epsilon:g}")
     if a.dim != b.dim:
         raise WhitenError(f"{names[1]}: vectors of dimension {b.dim}, but {names[0]} has dimension {a.dim}")
-    ea, eb = _eigen(a.covariance, names[0]), _eigen(b.covariance, names[1])
+    ea, eb = _eigen(a.covariance, names[0], epsilon), _eigen(b.covariance, names[1], epsilon)
     shift = b.mean - a.mean
     d = a.dim
 
@@ -221,16 +224,16 @@ class Drift:
     identity: bool  # the reference is N(0, I): β = γ = 1
 
 
-def drift(pipeline, path: str, vectors: np.ndarray) -> Drift:
+def drift(pipeline, path: str, vectors: np.ndarray, epsilon: float = EPSILON) -> Drift:
     """Does this whitening still fit new data: the new pooled vectors' Gaussian after the pipeline's
     whitening, against the fitted corpus's own under it (N(0, I) for the paper's β = γ = 1)."""
     fitted = pipeline_gaussian(pipeline, path)
     w = pipeline.whitening
     reference = whitened_reference(fitted.mean, pipeline.eigenvalues, pipeline.eigenvectors, w.kernel, w.beta)
     new = Gaussian.of((vectors - w.beta * w.mean) @ w.kernel)
-    result = distances(reference, new, (f"{path} (whitened)", "the new corpus (whitened)"))
-    ref = _eigen(reference.covariance, path)
+    result = distances(reference, new, (f"{path} (whitened)", "the new corpus (whitened)"), epsilon)
+    ref = _eigen(reference.covariance, path, epsilon)
     inverse_root = (ref.vectors / np.sqrt(ref.values)) @ ref.vectors.T
-    ratios = np.linalg.eigvalsh(inverse_root @ new.covariance @ inverse_root)
+    ratios = np.clip(np.linalg.eigvalsh(inverse_root @ new.covariance @ inverse_root), 0, None)
     identity = w.beta == 1.0 and w.gamma == 1.0 and np.allclose(reference.covariance, np.eye(w.n_components), atol=1e-6)
     return Drift(result, (float(ratios[0]), float(ratios[-1])), bool(identity))
