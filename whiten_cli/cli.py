@@ -714,7 +714,6 @@ def tune(
     from whiten_cli.evaluate import pyplot
     from whiten_cli.pipeline import check_output_folder
     from whiten_cli.sts import load_dataset
-    from whiten_cli.storage import atomic_write
     from whiten_cli.tune import TARGET, Corpus, build_pipeline, check_dev, corpus_texts, plot_tune
     from whiten_cli.tune import tune as run_tune
 
