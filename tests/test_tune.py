@@ -236,3 +236,20 @@ def test_bad_input_is_one_line_and_writes_nothing(tiny_model, dev_file, sentence
     out = tmp_path / "out"
     assert_one_line_error(run(dev, "-o", out, "--model", tiny_model, "--pooling", "cls", *extra, "-q"), *fragments)
     assert_nothing_written(out)
+
+
+def test_several_dev_sets_are_averaged_not_pooled(tiny_model, sentences, tmp_path):
+    """Each DEV set keeps its own scale: the DEV score is the mean of their Spearmans."""
+    first, second = sentences[:80], sentences[80:160]
+    scores_a = [(i * 7) % 6 for i in range(40)]
+    scores_b = [10 + (i * 3) % 5 for i in range(40)]  # another scale, as SICK against STS-B
+    dev_a = pairs_file(tmp_path / "a.tsv", first[:40], second[:40], scores_a)
+    dev_b = pairs_file(tmp_path / "b.tsv", first[40:], second[40:], scores_b)
+    result = run(dev_a, dev_b, "-o", tmp_path / "out", "--model", tiny_model, "--pooling", "cls", "--json", "-q")
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.stdout)["record"]
+    assert record["dev"] == ["a", "b"]
+    u, v = encode(tiny_model, first, "cls"), encode(tiny_model, second, "cls")
+    cosines = cosine_similarity_pairs(u, v)
+    expected = 50 * (spearman(cosines[:40], scores_a) + spearman(cosines[40:], scores_b))
+    assert record["raw"]["dev"] == pytest.approx(expected, abs=1e-6)

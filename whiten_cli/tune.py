@@ -428,7 +428,7 @@ def tune(
                     sims = _prefix_cosines((u - shift) @ kernel, (v - shift) @ kernel, usable)
                     add([Candidate(family, pooling, name, k, setting.gamma, setting.beta, setting.skip,
                                    setting.shrinkage) for k in usable], sims)
-            gaussian = Gaussian.of(fit_vectors)
+            gaussian = Gaussian(fit.mean, (fit.eigenvectors * fit.eigenvalues) @ fit.eigenvectors.T, fit.count)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # a small corpus's singular covariance: regularised, said once above
                 distance = distances(gaussian, dev_gaussian, (name, "DEV"))
