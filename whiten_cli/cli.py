@@ -687,6 +687,184 @@ def search(
             typer.echo(f"{prefix}{hit.rank}\t{hit.score:.4f}\t{_clean(hit.id)}\t{_clean(hit.text)}")
 
 
+# --------------------------------------------------------------------------- tune and compare
+
+
+@app.command()
+def tune(
+    dev: Annotated[list[str], typer.Argument(help="Scored DEV pairs to choose on: dataset names (stsb-dev, sick-trial, ...) or pair files, as `eval` reads them.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Pipeline folder to write (the chosen candidate).")],
+    fit_on: Annotated[Optional[list[str]], typer.Option("--fit-on", help="Corpora to fit on, repeated or comma-separated: 'target' (the DEV sentences), a dataset name or pairs file (its distinct sentences), or a text file [default: target].")] = None,
+    max_dim: Annotated[Optional[int], typer.Option("--max-dim", help="Dimension budget: candidates keep at most this many [default: the vectors' dimension].")] = None,
+    pooling: Annotated[Optional[list[str]], typer.Option("--pooling", "-p", help="Pooling(s) to try, repeated or comma-separated [default: the model's own].")] = None,
+    resamples: Annotated[int, typer.Option("--resamples", help="Paired bootstrap resamples of the DEV pairs.")] = 1000,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the bootstrap.")] = 0,
+    model: ModelOpt = None,
+    field: FieldOpt = None,
+    max_length: MaxLengthOpt = None,
+    batch_size: BatchOpt = None,
+    device: DeviceOpt = "cpu",
+    dtype: DtypeOpt = None,
+    verbose: VerboseOpt = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the record and every candidate's DEV score as JSON.")] = False,
+    plot: Annotated[Optional[Path], typer.Option("--plot", help="Save a PNG of DEV Spearman against k (a line per corpus and γ).")] = None,
+    threads: ThreadsOpt = None,
+    no_cache: NoCacheOpt = False,
+    cache_dir: CacheDirOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Choose the whitening for this model on scored DEV pairs (pooling × corpus × k × γ × β, and more); write it."""
+    _verbose(verbose)
+    import json
+
+    from whiten_cli.encoder import check_pooling
+    from whiten_cli.evaluate import pyplot
+    from whiten_cli.pipeline import check_output_folder
+    from whiten_cli.sts import load_dataset
+    from whiten_cli.tune import TARGET, Corpus, build_pipeline, check_dev, corpus_texts, plot_tune
+    from whiten_cli.tune import tune as run_tune
+
+    check_output_folder(output)
+    if plot is not None:
+        pyplot()
+    s = _settings(None, model=model, max_length=max_length, batch_size=batch_size, dtype=dtype)
+    datasets = [load_dataset(spec) for spec in dev]
+    check_dev(datasets)
+    dev_sentences = [text for dataset in datasets for text in dataset.sentences]
+    corpora = [Corpus(TARGET, dev_sentences) if spec == TARGET else corpus_texts(spec, field)
+               for spec in dict.fromkeys(_split_list(fit_on) or [TARGET])]
+    poolings = [check_pooling(p) for p in _split_list(pooling)]
+    encoder = _encoder({**s, "pooling": poolings[0] if poolings else None}, device, no_cache, cache_dir, threads)
+    poolings = poolings or [encoder.pooling]
+    dim = min(encoder.dim_of(p) for p in poolings)
+    budget = dim if max_dim is None else max_dim
+    if not 1 <= budget <= dim:
+        raise WhitenError(f"--max-dim must be between 1 and the vectors' dimension {dim}, got {budget}")
+    total = len(dev_sentences) + sum(len(c.texts) for c in corpora if c.name != TARGET)
+    with _ProgressBar("encoding", quiet) as bar:
+        result = run_tune(datasets, corpora, encoder, poolings, budget, resamples=resamples, seed=seed, progress=bar)
+    _report_truncation(encoder, total)
+    pipe = build_pipeline(result, encoder)
+    with writing(output):
+        pipe.save(output)
+    if plot is not None:
+        with writing(plot):
+            plot_tune(result, plot)
+    if as_json:
+        typer.echo(json.dumps({"record": result.record(), "corpora": result.corpus_distances,
+                               "per_family": [i.as_dict() for i in result.per_family],
+                               "per_budget": [i.as_dict() for i in result.per_budget],
+                               "candidates": [i.as_dict() for i in result.scored], "output": str(output)}, indent=2))
+        return
+    typer.echo(_tune_report(result, datasets, poolings))
+    typer.echo(f"wrote {output}")
+
+
+def _tune_report(result, datasets, poolings) -> str:
+    def span(pair) -> str:
+        return "" if pair is None else f"[{pair[0]:.2f}, {pair[1]:.2f}]"
+
+    def line(item) -> str:
+        c = item.candidate
+        return (f"{c.family:<12}{c.pooling:<16}{c.label:<44}{c.k:>5}{item.dev:>9.2f}  {span(item.interval):<16}"
+                f"{span(item.difference)}")
+
+    head = f"{'family':<12}{'pooling':<16}{'candidate':<44}{'dims':>5}{'DEV':>9}  {'95% interval':<16}Δ to best [95%]"
+    pairs = sum(d.pairs for d in datasets)
+    out = [f"DEV: {', '.join(d.name for d in datasets)} ({pairs} pairs), Spearman × 100 · {len(poolings)} pooling(s) · "
+           f"{len(result.scored)} candidates within {result.max_dim} dims · paired bootstrap, {result.resamples} "
+           f"resamples (seed {result.seed})", "",
+           "fit corpora against the DEV sentences (Gaussian distances; the mean-shift share in brackets)",
+           f"{'pooling':<16}{'corpus':<24}{'texts':>7}{'Bhattacharyya':>15}{'W₂':>16}{'KL(corpus‖DEV)':>16}{'best DEV':>10}"]
+    for row in result.corpus_distances:
+        share = f"({100 * row['bhattacharyya_mean'] / row['bhattacharyya']:.0f}%)" if row["bhattacharyya"] > 0 else ""
+        out.append(f"{row['pooling']:<16}{row['corpus'][:23]:<24}{row['texts']:>7}{row['bhattacharyya']:>9.3f} {share:>5}"
+                   f"{row['wasserstein']:>16.4f}{row['kl_ab']:>16.3f}{row['best_dev']:>10.2f}")
+    out += ["", "best of each family", head, *(line(item) for item in result.per_family),
+            "", "best per dimension budget", head, *(line(item) for item in result.per_budget), ""]
+    raw = result.raw
+    out.append(f"raw {raw.candidate.k}d vectors ({raw.candidate.pooling}): DEV {raw.dev:.2f} {span(raw.interval)}")
+    out.append(f"best: {result.best.candidate.label} ({result.best.candidate.pooling}), DEV {result.best.dev:.2f} "
+               f"{span(result.best.interval)}")
+    chosen = result.chosen
+    out.append(f"chosen: {chosen.candidate.label} ({chosen.candidate.pooling}, {chosen.candidate.family}), DEV "
+               f"{chosen.dev:.2f}, {span(chosen.difference)} to the best: the simplest candidate within the paired "
+               f"bootstrap interval of the best ({result.examined} examined, simplest first)")
+    if result.note:
+        out.append(f"NOTE: {result.note}")
+    return "\n".join(out)
+
+
+@app.command()
+def compare(
+    a: Annotated[str, typer.Argument(help="A: a text file (encoded), a .npy of pooled vectors, or a pipeline folder (its fitted μ and Σ).")],
+    b: Annotated[str, typer.Argument(help="B: the same kinds; with a pipeline as A, a new corpus also gets its drift under the pipeline's whitening.")],
+    model: ModelOpt = None,
+    pooling: PoolingOpt = None,
+    field: FieldOpt = None,
+    max_length: MaxLengthOpt = None,
+    batch_size: BatchOpt = None,
+    device: DeviceOpt = "cpu",
+    dtype: DtypeOpt = None,
+    verbose: VerboseOpt = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the distances as JSON.")] = False,
+    epsilon: Annotated[float, typer.Option("--epsilon", help="A (near-)singular covariance gets ε·(mean eigenvalue)·I added, with a warning; KL and Bhattacharyya then depend on ε.")] = 1e-6,
+    threads: ThreadsOpt = None,
+    no_cache: NoCacheOpt = False,
+    cache_dir: CacheDirOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Distances between the Gaussians of two corpora: KL both ways, Bhattacharyya, W₂, each with its mean-only part."""
+    _verbose(verbose)
+    import json
+
+    from whiten_cli.compare import Gaussian, distances, drift, load_source, pipeline_gaussian, summary_lines
+    from whiten_cli.encoder import check_pooling
+
+    if not 0 < epsilon < 1:
+        raise WhitenError(f"--epsilon must be in (0, 1), got {epsilon:g}")
+    sources = [load_source(spec, field) for spec in (a, b)]
+    pipe_source = next((src for src in sources if src.pipeline is not None), None)
+    if pooling is not None:
+        pooling = check_pooling(pooling)
+    encoder = None
+    if any(src.texts is not None for src in sources):
+        s = _settings(None, model=model, pooling=pooling, max_length=max_length, batch_size=batch_size, dtype=dtype)
+        if pipe_source is not None:
+            pipe = pipe_source.pipeline
+            if pooling is not None and pooling != pipe.pooling:
+                raise WhitenError(f"{pipe_source.path}: fitted with {pipe.pooling} pooling, not {pooling}")
+            encoder = pipe.encoder(model, **_encoding(s, device, no_cache, cache_dir, threads))
+        else:
+            encoder = _encoder(s, device, no_cache, cache_dir, threads)
+        for src in sources:
+            if src.texts is not None:
+                with _ProgressBar(f"encoding {src.path}", quiet) as bar:
+                    src.vectors = encoder.encode(src.texts, progress=bar).astype("float64")
+                _report_truncation(encoder, len(src.texts))
+    gaussians = [pipeline_gaussian(src.pipeline, src.path) if src.pipeline is not None else Gaussian.of(src.vectors)
+                 for src in sources]
+    result = distances(gaussians[0], gaussians[1], (a, b), epsilon)
+    report = {"a": a, "b": b, "dim": result.dim, "epsilon": epsilon, "counts": [g.count for g in gaussians], **result.as_dict()}
+    moved = None
+    if sources[0].pipeline is not None and sources[1].vectors is not None:
+        moved = drift(sources[0].pipeline, a, sources[1].vectors, epsilon)
+        report["drift"] = {**moved.distances.as_dict(), "variance_ratios": moved.variance_ratios,
+                           "reference_is_identity": moved.identity}
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+        return
+    typer.echo(f"A: {a} ({gaussians[0].count or '?'} vectors)   B: {b} ({gaussians[1].count} vectors)   dimension {result.dim}")
+    typer.echo("\n".join(summary_lines(result)))
+    if moved is not None:
+        what = "N(0, I)" if moved.identity else "the fitted corpus under the same map"
+        typer.echo(f"\nB under A's whitening ({sources[0].pipeline.whitening.n_components} dims), against {what}:")
+        typer.echo("\n".join(summary_lines(moved.distances)))
+        low, high = moved.variance_ratios
+        typer.echo(f"B's variance relative to the fitted corpus's, along the whitened axes: {low:.3g} to {high:.3g} "
+                   "(1 to 1: the whitening still fits)")
+
+
 def _terminated(signum, frame) -> None:
     typer.echo("terminated", err=True)
     raise SystemExit(128 + signum)

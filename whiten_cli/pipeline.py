@@ -3,7 +3,7 @@
 A pipeline folder holds ``pipeline.json`` (metadata: the model — name as typed, weight
 fingerprint, absolute path and path relative to the pipeline folder, hub id and revision — pooling,
 max_length, k, β, γ, projection, dims, tool version) and ``arrays.safetensors`` (μ, the whitening
-kernel, the eigenvalues, the projection matrix). Nothing is pickled; the folder is written
+kernel, the eigenvalues and eigenvectors of Σ, the projection matrix). Nothing is pickled; the folder is written
 atomically.
 """
 
@@ -42,6 +42,7 @@ class Pipeline:
     projection: RandomProjection | None = None
     normalize: bool = True
     eigenvalues: np.ndarray | None = None
+    eigenvectors: np.ndarray | None = None  # (d, d): with mean and eigenvalues, the fitted Σ (None in older pipelines)
     info: dict = field(default_factory=dict)  # free-form provenance: corpus, sentence count, ...
     model_path: str | None = None  # the resolved folder (absolute); None in pipelines of older versions
     model_revision: str | None = None  # a hub model's snapshot commit
@@ -152,6 +153,8 @@ class Pipeline:
             arrays["kernel"] = self.whitening.kernel.astype(np.float64)
         if self.eigenvalues is not None:
             arrays["eigenvalues"] = np.asarray(self.eigenvalues, dtype=np.float64)
+        if self.eigenvectors is not None:
+            arrays["eigenvectors"] = np.asarray(self.eigenvectors, dtype=np.float64)
         if self.projection is not None:
             arrays["projection"] = self.projection.matrix
         with atomic_directory(path) as tmp:
@@ -207,6 +210,7 @@ class Pipeline:
                 projection=projection,
                 normalize=bool(meta["normalize"]),
                 eigenvalues=arrays.get("eigenvalues"),
+                eigenvectors=arrays.get("eigenvectors"),
                 info=meta.get("info", {}),
                 model_path=_model_folder(meta["model"], folder),
                 model_revision=meta["model"].get("revision"),
@@ -282,6 +286,8 @@ def _check_arrays(arrays: dict[str, np.ndarray], meta: dict, arrays_file: Path) 
         width = n
     if "eigenvalues" in arrays:
         expected["eigenvalues"] = ((d,), f"input_dim {d}")
+    if "eigenvectors" in arrays:
+        expected["eigenvectors"] = ((d, d), f"input_dim {d}")
     if width != meta["output_dim"]:
         raise WhitenError(f"{arrays_file.parent / METADATA_FILE}: output_dim {meta['output_dim']} and the stages "
                           f"do not match (they give {width} dimensions)")
@@ -353,7 +359,7 @@ def fit_pipeline(
         raise WhitenError("nothing to fit: --no-whiten needs --jl-dim")
     if options.n_components is not None and not 1 <= options.n_components <= encoder.dim:
         raise WhitenError(f"-k must be between 1 and the model's dimension {encoder.dim}, got {options.n_components}")
-    whitening = eigenvalues = None
+    whitening = eigenvalues = eigenvectors = None
     if options.whiten:
         stats = GaussianStats.empty(encoder.dim)
         done = 0
@@ -367,7 +373,7 @@ def fit_pipeline(
                 progress(done, len(texts))
         basis = Eigenbasis.fit(stats)
         whitening = basis.whitening(options.n_components, options.beta, options.gamma)
-        eigenvalues = basis.eigenvalues
+        eigenvalues, eigenvectors = basis.eigenvalues, basis.eigenvectors
     projection = None
     if options.jl_dim is not None:
         input_dim = whitening.n_components if whitening is not None else encoder.dim
@@ -382,6 +388,7 @@ def fit_pipeline(
         projection=projection,
         normalize=options.normalize,
         eigenvalues=eigenvalues,
+        eigenvectors=eigenvectors,
         info={"fitted_on": len(texts), "dtype": encoder.dtype, **(info or {})},
         model_path=str(encoder.source.path),
         model_revision=encoder.source.revision,
