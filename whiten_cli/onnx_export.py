@@ -152,11 +152,15 @@ def _graph_module(encoder, poolings: list[str], pipeline=None):
     pipeline, its final vectors first, then the pooled ones. Pooling is the encoder's own code."""
     import torch
 
+    from whiten_cli.st_folder import load_head
+
     class Graph(torch.nn.Module):
         def __init__(self):
             super().__init__()
             self.model = encoder._model
             self.needs_layers = any(p in ("first-last-avg", "last2avg") for p in poolings)
+            if "model" in poolings and encoder._head is None:  # loaded now: not while the exporter traces
+                encoder._head = load_head(encoder.model_pooling, "cpu")
             if pipeline is not None:
                 whitening, projection = pipeline.whitening, pipeline.projection
                 if whitening is not None:
