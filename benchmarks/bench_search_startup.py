@@ -49,11 +49,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--query", default="how do I bake bread")
+    parser.add_argument("--cache-dir", type=Path, default=None,
+                        help="embedding cache and ONNX graphs (reused between runs) [default: a fresh temporary one]")
     args = parser.parse_args()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     with tempfile.TemporaryDirectory(prefix="whiten-startup-") as tmp:
         work = Path(tmp)
-        env["WHITEN_CACHE_DIR"] = str(work / "cache")
+        env["WHITEN_CACHE_DIR"] = str(args.cache_dir or work / "cache")
         print("building the pipeline and the two indexes ...", file=sys.stderr)
         whiten("fit", "data/corpus.txt", "-o", work / "pipeline", "-k", "128", "-q", env=env)
         indexes = {}
