@@ -23,7 +23,10 @@ repository root; the cache is off for every timed run::
     python benchmarks/bench_encode.py                      # all workloads, 5/2/2 rounds
     python benchmarks/bench_encode.py --workloads stsb --rounds 3 --modes float32,auto,bfloat16
 
-Modes are whiten's ``--dtype`` values; ``auto`` is shown with the dtype it resolved to. The header
+Modes are whiten's ``--dtype`` values; ``auto`` is shown with the dtype it resolved to; ``onnx`` and
+``onnx-int8`` are whiten's ``--backend onnx`` (float32, and the graph dynamically quantized to int8;
+the graph is exported once into ``--cache-dir``); ``st-onnx`` is a second peer, sentence-transformers'
+own ``backend="onnx"`` (it needs optimum; where that is missing the row says so). The header
 names the CPU and the flags that decide bfloat16's speed (avx2, avx512f, avx512_bf16, amx_bf16), and
 the load average, since figures from one CPU say little about another.
 """
@@ -98,12 +101,40 @@ class Runner:
         return self.fn(texts)
 
 
-def make_runners(modes: list[str], max_length: int, batch_size: int | None, st_model) -> list[Runner]:
+def st_onnx_peer(path: str, max_length: int):
+    """sentence-transformers' own ONNX backend, or the reason it cannot run here."""
+    try:
+        from sentence_transformers import SentenceTransformer
+
+        model = SentenceTransformer(path, device="cpu", backend="onnx", local_files_only=True)
+    except Exception as exc:  # optimum missing, no exported model.onnx and no network to make one, ...
+        return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    model.max_seq_length = max_length
+    return model
+
+
+def make_runners(modes: list[str], max_length: int, batch_size: int | None, st_model, cache_dir: Path,
+                 threads: int | None = None) -> list[Runner]:
     from whiten_cli.encoder import Encoder
 
     runners = [Runner(ST, lambda texts: st_model.encode(texts, batch_size=32, convert_to_numpy=True))]
     for mode in modes:
         options = {"batch_size": batch_size} if batch_size else {}
+        if mode == "st-onnx":
+            peer = st_onnx_peer(str(Encoder(None).source.path), max_length)
+            if isinstance(peer, str):
+                say(f"st-onnx left out: {peer}")
+                continue
+            runners.append(Runner("sentence-transformers backend=onnx",
+                                  lambda texts, peer=peer: peer.encode(texts, batch_size=32, convert_to_numpy=True)))
+            continue
+        if mode in ("onnx", "onnx-int8"):
+            from whiten_cli.onnx_backend import model_encoder
+
+            encoder = model_encoder(Encoder(None, max_length=max_length, dtype="float32"), cache_dir=cache_dir,
+                                    dtype="int8" if mode == "onnx-int8" else "float32", threads=threads, **options)
+            runners.append(Runner(f"whiten --backend {mode.replace('-int8', ' --dtype int8')}", encoder.encode))
+            continue
         encoder = Encoder(None, max_length=max_length, dtype=mode, cache=None, **options)
         label = f"whiten auto→{encoder.dtype}" if mode == "auto" else f"whiten {mode}"
         runners.append(Runner(label, encoder.encode))
@@ -175,7 +206,10 @@ def table(rows: list[dict]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workloads", default="stsb,large,long", help="comma list of stsb, large, long")
-    parser.add_argument("--modes", default="float32,auto,bfloat16,int8", help="whiten dtypes to time")
+    parser.add_argument("--modes", default="float32,auto,bfloat16,int8,onnx,onnx-int8,st-onnx",
+                        help="whiten dtypes, onnx, onnx-int8 and the peer st-onnx, to time")
+    parser.add_argument("--cache-dir", type=Path, default=Path("/tmp/whiten-bench"),
+                        help="where the ONNX graph is exported once")
     parser.add_argument("--rounds", type=int, default=5, help="rounds for stsb")
     parser.add_argument("--large-rounds", type=int, default=2)
     parser.add_argument("--large-size", type=int, default=6000)
@@ -203,18 +237,18 @@ def main() -> None:
     if "stsb" in workloads:
         dataset = load_dataset("stsb")
         st_model.max_seq_length = 128
-        runners = make_runners(modes, 128, args.batch_size, st_model)
+        runners = make_runners(modes, 128, args.batch_size, st_model, args.cache_dir, args.threads)
         result = measure("stsb", dataset.sentences, runners, args.rounds, args.slice)
         rows += summarize("STS-B test (2758)", dataset.sentences, result, dataset)
     if "large" in workloads:
         texts = large_corpus(args.large_size)
         st_model.max_seq_length = 128
-        runners = make_runners(modes, 128, args.batch_size, st_model)
+        runners = make_runners(modes, 128, args.batch_size, st_model, args.cache_dir, args.threads)
         rows += summarize(f"STS-B+SICK ({len(texts)} distinct)", texts, measure("large", texts, runners, args.large_rounds, args.slice))
     if "long" in workloads:
         texts = long_texts(args.long_size, st_model.tokenizer)
         st_model.max_seq_length = 256
-        runners = make_runners(modes, 256, args.batch_size, st_model)
+        runners = make_runners(modes, 256, args.batch_size, st_model, args.cache_dir, args.threads)
         rows += summarize(f"long, max_length 256 ({len(texts)})", texts, measure("long", texts, runners, args.long_rounds, max(1, args.slice // 10)))
     print(header)
     print(table(rows))

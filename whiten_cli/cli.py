@@ -86,6 +86,7 @@ ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", help="CPU thread
 NoCacheOpt = Annotated[bool, typer.Option("--no-cache", help="Encode every text again; neither read nor write the embedding cache.")]
 CacheDirOpt = Annotated[Optional[Path], typer.Option("--cache-dir", help="Embedding cache folder [default: $WHITEN_CACHE_DIR, else ~/.cache/whiten].")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress on stderr (a bar on a terminal, else a line every 10 s).")]
+BackendOpt = Annotated[Optional[str], typer.Option("--backend", help="torch [default] or onnx: the model as an ONNX graph in onnxruntime (an ONNX-exported pipeline, else the model exported once into the cache folder); --dtype float32 or int8 (lossy). Needs the onnx extra.")]
 
 
 def _settings(config: str | None, **flags) -> dict:
@@ -195,11 +196,43 @@ def _encoding(settings: dict, device: str, no_cache: bool = False, cache_dir: Pa
 
 
 def _encoder(settings: dict, device: str, no_cache: bool = False, cache_dir: Path | None = None,
-             threads: int | None = None):
+             threads: int | None = None, backend: str | None = None):
     from whiten_cli.encoder import Encoder
 
-    return Encoder(settings.get("model"), pooling=settings.get("pooling"), max_length=settings["max_length"],
-                   **_encoding(settings, device, no_cache, cache_dir, threads))
+    options = _encoding(settings, device, no_cache, cache_dir, threads)
+    if _onnx(backend, device):
+        from whiten_cli.onnx_backend import model_encoder
+
+        model = Encoder(settings.get("model"), pooling=settings.get("pooling"), max_length=settings["max_length"],
+                        dtype="float32")  # names the model and its settings; not loaded
+        return model_encoder(model, cache_dir=cache_dir, **_onnx_encoding(options))
+    return Encoder(settings.get("model"), pooling=settings.get("pooling"), max_length=settings["max_length"], **options)
+
+
+def _onnx(backend: str | None, device: str) -> bool:
+    """Whether --backend asks for onnxruntime (which runs on the CPU here)."""
+    from whiten_cli.onnx_backend import check_backend
+
+    if check_backend(backend or "torch") == "torch":
+        return False
+    if device != "cpu":
+        raise WhitenError(f"--backend onnx runs on the CPU, not on --device {device}")
+    return True
+
+
+def _onnx_encoding(options: dict) -> dict:
+    return {key: options[key] for key in ("batch_size", "dtype", "cache", "threads")}
+
+
+def _pipeline_encoder(pipe, graph: Path | None, model: str | None, options: dict, backend: str | None,
+                      cache_dir: Path | None = None):
+    """The pipeline's encoder: torch, or onnxruntime on ``graph`` when it is an ONNX export of the
+    pipeline (an export folder, an index's copy), else on the model's graph in the cache."""
+    if _onnx(backend, options["device"]):
+        from whiten_cli.onnx_backend import pipeline_encoder
+
+        return pipeline_encoder(pipe, graph, model, cache_dir=cache_dir, **_onnx_encoding(options))
+    return pipe.encoder(model, **options)
 
 
 @app.command()
@@ -226,6 +259,7 @@ def fit(
     no_cache: NoCacheOpt = False,
     cache_dir: CacheDirOpt = None,
     quiet: QuietOpt = False,
+    backend: BackendOpt = None,
 ) -> None:
     """Fit whitening (and an optional JL projection) on a corpus; write a pipeline folder."""
     _verbose(verbose)
@@ -241,7 +275,7 @@ def fit(
         raise InputError(corpus, "1 text; whitening is fitted on at least 2 (a mean and a covariance)")
     options = FitOptions(n_components=s.get("k"), beta=s["beta"], gamma=s["gamma"], whiten=s["whiten"],
                          jl_dim=s.get("jl_dim"), seed=s["seed"], normalize=s["normalize"])
-    encoder = _encoder(s, device, no_cache, cache_dir, threads)
+    encoder = _encoder(s, device, no_cache, cache_dir, threads, backend)
     with _ProgressBar("encoding", quiet) as bar:
         pipeline = fit_pipeline(texts, encoder, options, progress=bar, info={"corpus": str(corpus)})
     _report_truncation(encoder, len(texts))
@@ -283,6 +317,7 @@ def encode(
     no_cache: NoCacheOpt = False,
     cache_dir: CacheDirOpt = None,
     quiet: QuietOpt = False,
+    backend: BackendOpt = None,
 ) -> None:
     """Encode texts to vectors (.npy): raw pooled vectors, or through a fitted pipeline."""
     _verbose(verbose)
@@ -299,10 +334,11 @@ def encode(
             raise WhitenError(f"{pipeline_dir}: fitted with {pipe.pooling} pooling, not {pooling}")
         if max_length is not None and max_length != pipe.max_length:
             raise WhitenError(f"{pipeline_dir}: fitted with max_length {pipe.max_length}, not {max_length}")
-        encoder = pipe.encoder(model, **_encoding(s, device, no_cache, cache_dir, threads))
+        encoder = _pipeline_encoder(pipe, pipeline_dir, model, _encoding(s, device, no_cache, cache_dir, threads),
+                                    backend, cache_dir)
     else:
         pipe = None
-        encoder = _encoder(s, device, no_cache, cache_dir, threads)
+        encoder = _encoder(s, device, no_cache, cache_dir, threads, backend)
     with _ProgressBar("encoding", quiet) as bar:
         raw = encoder.encode(texts, progress=bar)
     _report_truncation(encoder, len(texts))
@@ -383,6 +419,7 @@ def eval_(
     no_cache: NoCacheOpt = False,
     cache_dir: CacheDirOpt = None,
     quiet: QuietOpt = False,
+    backend: BackendOpt = None,
 ) -> None:
     """Spearman × 100 of cosine similarity on STS benchmarks: raw against whitened, side by side."""
     _verbose(verbose)
@@ -411,14 +448,16 @@ def eval_(
         pipe = Pipeline.load(pipeline_dir)
         if poolings and poolings != [pipe.pooling]:
             raise WhitenError(f"{pipeline_dir}: fitted with {pipe.pooling} pooling, not {', '.join(poolings)}")
-        encoder = pipe.encoder(model, **_encoding(s, device, no_cache, cache_dir, threads))
+        encoder = _pipeline_encoder(pipe, pipeline_dir, model, _encoding(s, device, no_cache, cache_dir, threads),
+                                    backend, cache_dir)
         poolings, variants = [pipe.pooling], [RAW]
         fit_source: str | list[str] = "target"
     else:
         ks = _numbers(_split_list(k), "-k", int) or [s.get("k")]
         gammas = _numbers(_split_list(gamma), "--gamma", float) or [s["gamma"]]
         variants = [RAW] + [Variant(n, s["beta"], g) for n in ks for g in gammas]
-        encoder = _encoder({**s, "pooling": poolings[0] if poolings else s.get("pooling")}, device, no_cache, cache_dir, threads)
+        encoder = _encoder({**s, "pooling": poolings[0] if poolings else s.get("pooling")}, device, no_cache, cache_dir, threads,
+                           backend)
         poolings = poolings or [encoder.pooling]
         for n in ks:
             if n is not None and not 1 <= n <= encoder.dim:
@@ -534,6 +573,7 @@ def index_(
     cache_dir: CacheDirOpt = None,
     quiet: QuietOpt = False,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the IVF/PQ training sample and k-means.")] = 0,
+    backend: Annotated[Optional[str], typer.Option("--backend", help="torch or onnx (the ONNX graph is stored in the index, so that search and --append run without torch) [default: torch; with --append the index's own].")] = None,
 ) -> None:
     """Encode a corpus through a pipeline and build a FAISS index folder (or --append to one)."""
     _verbose(verbose)
@@ -552,7 +592,8 @@ def index_(
         if fixed:
             raise WhitenError(f"{', '.join(fixed)}: set when an index is built; --append keeps the index's own")
         existing = ix.VectorIndex.load(output)
-        pipe = existing.pipeline
+        pipe, graph = existing.pipeline, existing.onnx_graph
+        backend = backend or ("onnx" if graph is not None else "torch")
         if pipeline_dir is not None:
             ix.check_pipeline(existing.metadata, Pipeline.load(pipeline_dir), str(pipeline_dir), output)
         docs = ix.records_to_documents(records, corpus, start=len(existing), existing_ids=existing.ids())
@@ -560,7 +601,7 @@ def index_(
         if pipeline_dir is None:
             raise WhitenError("--pipeline is needed to build an index (or pass --append to extend one)")
         ix.check_target(output)
-        pipe = Pipeline.load(pipeline_dir)
+        pipe, graph = Pipeline.load(pipeline_dir), pipeline_dir
         ix.plan_index(kind or "auto", len(records), pipe.output_dim, max_memory=budget, nlist=nlist, pq_m=pq_m,
                       hnsw_m=hnsw_m)  # fail before encoding
         docs = ix.records_to_documents(records, corpus)
@@ -570,7 +611,8 @@ def index_(
         matrix = pipe.transform(_load_vectors(raw_vectors, len(records), pipe.input_dim, "pooled vectors"))
     else:
         s = _settings(None, batch_size=batch_size, dtype=dtype)
-        encoder = pipe.encoder(model, **_encoding(s, device, no_cache, cache_dir, threads))
+        encoder = _pipeline_encoder(pipe, graph, model, _encoding(s, device, no_cache, cache_dir, threads), backend,
+                                    cache_dir)
         with _ProgressBar("encoding", quiet) as bar:
             raw = encoder.encode([record.text for record in records], progress=bar)
         _report_truncation(encoder, len(records))
@@ -582,6 +624,7 @@ def index_(
         return
     built = ix.VectorIndex.build(matrix, docs, pipe, kind=kind or "auto", max_memory=budget, nlist=nlist, pq_m=pq_m,
                                  hnsw_m=hnsw_m, nprobe=nprobe, ef=ef, seed=seed)
+    built.onnx_graph = getattr(encoder, "folder", None) if vectors is None and raw_vectors is None else None
     typer.echo(f"index {built.factory}: {built.metadata['reason']}")
     if (output / ix.METADATA_FILE).is_file():
         _say(f"note: replacing the index at {output} (use --append to add to it)")
@@ -636,6 +679,7 @@ def search(
     dtype: DtypeOpt = None,
     verbose: VerboseOpt = False,
     threads: ThreadsOpt = None,
+    backend: Annotated[Optional[str], typer.Option("--backend", help="torch or onnx [default: onnx for an index built with --backend onnx (no torch imported), else torch].")] = None,
 ) -> None:
     """Search an index: the k nearest documents of each query by cosine similarity.
 
@@ -658,7 +702,9 @@ def search(
     if k > len(index):
         _say(f"note: -k {k} is more than the {len(index)} documents in the index; showing all {len(index)}")
     s = _settings(None, batch_size=batch_size, dtype=dtype)
-    encoder = index.encoder(model, **_encoding(s, device, no_cache=True, threads=threads))
+    backend = backend or ("onnx" if index.onnx_graph is not None else "torch")
+    encoder = _pipeline_encoder(index.pipeline, index.onnx_graph, model,
+                                _encoding(s, device, no_cache=True, threads=threads), backend)
     query_vectors = index.pipeline.transform(encoder.encode(texts))
     results = index.search(query_vectors, k, nprobe=nprobe, ef=ef, threshold=threshold)
     if json_out:

@@ -24,6 +24,7 @@ FORMAT_VERSION = 1
 INDEX_FILE = "index.faiss"
 METADATA_FILE = "index.json"
 PIPELINE_DIR = "pipeline"
+ONNX_DIR = "onnx"  # the pipeline's ONNX graph, in an index built with --backend onnx
 REQUIRED = (METADATA_FILE, INDEX_FILE, DOCS_FILE, OFFSETS_FILE, PIPELINE_DIR)
 METRIC = "inner_product"  # on L2-normalized vectors: cosine similarity
 
@@ -76,6 +77,7 @@ class VectorIndex:
         self._pending = pending or []  # documents added in memory after them
         self._ids: set[str] | None = None
         self._encoder = None
+        self.onnx_graph: Path | None = None  # a graph folder (onnx_export) saved with the index when set
 
     # -- construction
 
@@ -180,7 +182,10 @@ class VectorIndex:
             stored.close()
             raise WhitenError(f"{folder}: files disagree ({faiss_index.ntotal} vectors of dimension {faiss_index.d}, "
                               f"{len(stored)} documents, metadata says {metadata['count']} of {metadata['dim']})")
-        return cls(faiss_index, pipeline, metadata, stored=stored)
+        index = cls(faiss_index, pipeline, metadata, stored=stored)
+        if (folder / ONNX_DIR).is_dir():
+            index.onnx_graph = folder / ONNX_DIR
+        return index
 
     # -- properties
 
@@ -247,6 +252,10 @@ class VectorIndex:
         check_target(target)
         with atomic_directory(target) as tmp:
             self.pipeline.save(tmp / PIPELINE_DIR)
+            if self.onnx_graph is not None:
+                from whiten_cli.onnx_export import copy_graph_folder
+
+                copy_graph_folder(self.onnx_graph, tmp / ONNX_DIR)
             offsets = self._write_docs(tmp)
             np.save(tmp / OFFSETS_FILE, offsets, allow_pickle=False)
             faiss.write_index(self._faiss, str(tmp / INDEX_FILE))
@@ -256,6 +265,8 @@ class VectorIndex:
         if self._stored is not None:
             self._stored.close()
         self._stored, self._pending = saved, []
+        if self.onnx_graph is not None:
+            self.onnx_graph = target / ONNX_DIR
         return target
 
     def _write_docs(self, folder: Path) -> np.ndarray:

@@ -144,9 +144,16 @@ class Pipeline:
         Anything else already at ``path`` (a file, a folder that is not a pipeline) is refused
         rather than replaced: ``-o data`` or ``-o corpus.txt`` must not delete the user's files.
         """
+        check_output_folder(path)
+        with atomic_directory(path) as tmp:
+            self.write_files(tmp, shown=path)
+        return Path(path)
+
+    def write_files(self, folder: Path, shown: str | os.PathLike[str] | None = None) -> None:
+        """Write ``pipeline.json`` and ``arrays.safetensors`` into the existing ``folder`` (not atomic:
+        for a folder being built elsewhere); ``shown`` is where it will live, for the model's relative path."""
         from safetensors.numpy import save_file
 
-        check_output_folder(path)
         arrays = {}
         if self.whitening is not None:
             arrays["mean"] = self.whitening.mean.astype(np.float64)
@@ -157,11 +164,10 @@ class Pipeline:
             arrays["eigenvectors"] = np.asarray(self.eigenvectors, dtype=np.float64)
         if self.projection is not None:
             arrays["projection"] = self.projection.matrix
-        with atomic_directory(path) as tmp:
-            (tmp / METADATA_FILE).write_text(json.dumps(self.metadata(path), indent=2) + "\n", encoding="utf-8")
-            save_file({name: np.ascontiguousarray(a) for name, a in arrays.items()}, str(tmp / ARRAYS_FILE),
-                      metadata={"format": FORMAT})
-        return Path(path)
+        folder = Path(folder)
+        (folder / METADATA_FILE).write_text(json.dumps(self.metadata(shown or folder), indent=2) + "\n", encoding="utf-8")
+        save_file({name: np.ascontiguousarray(a) for name, a in arrays.items()}, str(folder / ARRAYS_FILE),
+                  metadata={"format": FORMAT})
 
     @classmethod
     @reads_one_version
