@@ -16,7 +16,14 @@ import click
 import typer
 from typer.core import TyperGroup
 
-from whiten_cli.errors import InputError, WhitenError, describe_fault, one_line, writing
+from whiten_cli.errors import InputError, ParameterError, WhitenError, describe_fault, one_line, writing
+
+# The library's errors name Python parameters; the command line names the flag that sets each one.
+_FLAGS = {"n_components": "-k/--dim", "k": "-k", "jl_dim": "--jl-dim", "max_length": "--max-length",
+          "batch_size": "--batch-size", "threads": "--threads", "pooling": "--pooling", "beta": "--beta",
+          "gamma": "--gamma", "format": "--format", "quantize": "--quantize", "force": "--force",
+          "whiten": "--no-whiten", "hnsw_m": "--hnsw-m", "nlist": "--nlist", "pq_m": "--pq-m", "nprobe": "--nprobe",
+          "ef": "--ef", "max_memory": "--max-memory"}
 
 
 class _Group(TyperGroup):
@@ -39,7 +46,8 @@ class _Group(TyperGroup):
         except (typer.Exit, typer.Abort, click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
             raise  # help, usage errors and exit codes: click's own
         except WhitenError as exc:
-            typer.echo(f"error: {one_line(exc)}", err=True)
+            message = exc.naming(_FLAGS.get(exc.parameter, exc.parameter)) if isinstance(exc, ParameterError) else exc
+            typer.echo(f"error: {one_line(message)}", err=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             typer.echo("interrupted", err=True)
@@ -678,6 +686,34 @@ def search(
         prefix = f"{_clean(text)}\t" if len(texts) > 1 else ""
         for hit in hits:
             typer.echo(f"{prefix}{hit.rank}\t{hit.score:.4f}\t{_clean(hit.id)}\t{_clean(hit.text)}")
+
+
+# --------------------------------------------------------------------------- export
+
+
+@app.command("export")
+def export_(
+    pipeline_dir: Annotated[Path, typer.Argument(help="Pipeline folder from `whiten fit`.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder to write (written whole, then swapped in).")],
+    format: Annotated[str, typer.Option("--format", "-f", help="sentence-transformers (a folder SentenceTransformer(folder) loads), onnx (one graph from token ids to the vector) or faiss (a VectorTransform for raw vectors).")] = "sentence-transformers",
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing export at -o.")] = False,
+    link_model: Annotated[bool, typer.Option("--link-model/--copy-model", help="sentence-transformers: symlink the model's weight files instead of copying them [default: copy].")] = False,
+    quantize: Annotated[Optional[str], typer.Option("--quantize", help="onnx: also write a dynamically quantized graph (int8).")] = None,
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Where the pipeline's model is, if it moved (the same weights only).")] = None,
+) -> None:
+    """Export a pipeline: a sentence-transformers folder, an ONNX graph or a FAISS transform."""
+    from whiten_cli.export import export
+    from whiten_cli.pipeline import Pipeline
+
+    pipe = Pipeline.load(pipeline_dir)
+    with writing(output):
+        report = export(pipe, output, format, force=force, link_model=link_model, model=model, quantize=quantize)
+    details = {key: value for key, value in report.items()
+               if key in ("modules", "model_files", "files", "quality") or key.startswith("quantized")}
+    for key, value in details.items():
+        typer.echo(f"{key}: {' → '.join(value) if key == 'modules' else value}")
+    typer.echo(f"wrote {format} export of {pipeline_dir} ({pipe.pooling} pooling, {pipe.input_dim} → "
+               f"{pipe.output_dim} dimensions) to {output}")
 
 
 def _terminated(signum, frame) -> None:

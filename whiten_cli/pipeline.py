@@ -74,7 +74,15 @@ class Pipeline:
 
         Without ``model``: the stored folder, else the hub id at its stored revision, else the
         name as typed (pipelines of older versions)."""
-        from whiten_cli.encoder import Encoder, legacy_fingerprint, resolve_model
+        from whiten_cli.encoder import Encoder
+
+        source = self.model_source(model)
+        return Encoder(str(source.path), pooling=self.pooling, max_length=self.max_length, **options)
+
+    def model_source(self, model: str | None = None):
+        """Where this pipeline's model is (a :class:`~whiten_cli.encoder.ModelSource`), found as
+        :meth:`encoder` finds it; refuses a model with other weights."""
+        from whiten_cli.encoder import legacy_fingerprint, resolve_model
 
         if model is not None:
             source = resolve_model(model)
@@ -94,7 +102,7 @@ class Pipeline:
             self.check_model(source.fingerprint, source.name)
         else:  # an older pipeline: fingerprinted every top-level weight file
             self.check_model(legacy_fingerprint(source.path) or source.fingerprint, source.name)
-        return Encoder(str(source.path), pooling=self.pooling, max_length=self.max_length, **options)
+        return source
 
     def check_model(self, fingerprint: str, name: str) -> None:
         if fingerprint != self.model_fingerprint:
