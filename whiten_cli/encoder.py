@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from whiten_cli.errors import WhitenError
+from whiten_cli.errors import ParameterError, WhitenError
 from whiten_cli.st_folder import ModelPooling, load_head, pool, read_model_pooling
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
@@ -325,13 +325,13 @@ class Encoder:
         threads: int | None = None,
     ):
         if max_length is not None and max_length < 2:
-            raise WhitenError(f"--max-length must be at least 2, got {max_length}")
+            raise ParameterError("max_length", f"must be at least 2, got {max_length}")
         if batch_size < 1:
-            raise WhitenError(f"--batch-size must be positive, got {batch_size}")
+            raise ParameterError("batch_size", f"must be positive, got {batch_size}")
         if dtype not in DTYPES:
             raise WhitenError(f"unknown dtype {dtype!r} (choose from {', '.join(DTYPES)})")
         if threads is not None and threads < 1:
-            raise WhitenError(f"--threads must be positive, got {threads}")
+            raise ParameterError("threads", f"must be positive, got {threads}")
         _check_device(device, dtype)
         choice = choose_dtype(dtype, device)
         _log.info("dtype %s%s: %s", choice.dtype, " (auto)" if dtype == "auto" else "", choice.reason)
@@ -519,7 +519,7 @@ class Encoder:
             return out.last_hidden_state[:, 0]
         if pooling == "pooler":
             if getattr(out, "pooler_output", None) is None:
-                raise WhitenError(f"{self.source.name}: this model has no pooler layer; choose another --pooling")
+                raise ParameterError("pooling", f"{self.source.name}: this model has no pooler layer; choose another {{name}}")
             return out.pooler_output
         if pooling == "last-avg":
             return mean(out.last_hidden_state)
@@ -534,7 +534,7 @@ class Encoder:
 
 
 def _no_model_pooling(model: str) -> WhitenError:
-    return WhitenError(f"{model}: not a sentence-transformers folder, so it has no pooling of its own; choose --pooling")
+    return ParameterError("pooling", f"{model}: not a sentence-transformers folder, so it has no pooling of its own; choose {{name}}")
 
 
 @lru_cache(maxsize=1)
