@@ -90,7 +90,7 @@ def test_sentence_transformers_export_equals_whiten_encode(tmp_path, corpus, tex
         np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("pooling", ["cls", "last-avg", "model"])
+@pytest.mark.parametrize("pooling", ["cls", "last-avg", "first-last-avg", "last2avg", "model"])
 def test_whiten_reads_the_export_with_model_pooling(tmp_path, corpus, tiny_model, st_dense_model, pooling):
     model = st_dense_model if pooling == "model" else tiny_model
     pipe = fit(tmp_path, corpus, model, "--pooling", pooling, "-k", "12", "--max-length", "24")

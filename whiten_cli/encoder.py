@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from whiten_cli.errors import ParameterError, WhitenError
-from whiten_cli.st_folder import ModelPooling, load_head, pool, read_model_pooling
+from whiten_cli.st_folder import ModelPooling, layer_mean, load_head, pool, read_model_pooling
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 _DEFAULT_MODEL_ALIASES = {DEFAULT_MODEL.lower(), "sentence-transformers/all-minilm-l6-v2", "default"}
@@ -505,7 +505,8 @@ class Encoder:
                   "attention_mask": torch.from_numpy(mask).to(self.device)}
         if "token_type_ids" in self._tokenizer.model_input_names:
             inputs["token_type_ids"] = torch.zeros_like(inputs["input_ids"])
-        needs_layers = any(p in ("first-last-avg", "last2avg") for p in poolings)
+        needs_layers = any(p in ("first-last-avg", "last2avg") for p in poolings) or (
+            "model" in poolings and self.model_pooling.layer_weights is not None)
         with _autocast(self.device, self.dtype):
             out = model(**inputs, output_hidden_states=needs_layers, return_dict=True)
         mask_f = inputs["attention_mask"].unsqueeze(-1).float()
@@ -530,7 +531,9 @@ class Encoder:
         # pooling == "model": the sentence-transformers folder's own modules
         if self._head is None:
             self._head = load_head(self.model_pooling, self.device)
-        return self._head(pool(self.model_pooling.modes, out.last_hidden_state.float(), mask))
+        chain = self.model_pooling
+        states = out.last_hidden_state if chain.layer_weights is None else layer_mean(out.hidden_states, chain.layer_weights)
+        return self._head(pool(chain.modes, states.float(), mask))
 
 
 def _no_model_pooling(model: str) -> WhitenError:
