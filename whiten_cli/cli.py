@@ -702,16 +702,16 @@ def export_(
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="Where the pipeline's model is, if it moved (the same weights only).")] = None,
 ) -> None:
     """Export a pipeline: a sentence-transformers folder, an ONNX graph or a FAISS transform."""
-    from whiten_cli.export import export
+    from whiten_cli.export import METADATA_KEYS, export
     from whiten_cli.pipeline import Pipeline
 
     pipe = Pipeline.load(pipeline_dir)
     with writing(output):
         report = export(pipe, output, format, force=force, link_model=link_model, model=model, quantize=quantize)
-    details = {key: value for key, value in report.items()
-               if key in ("modules", "model_files", "files", "quality") or key.startswith("quantized")}
-    for key, value in details.items():
-        typer.echo(f"{key}: {' → '.join(value) if key == 'modules' else value}")
+    for key, value in report.items():  # what this format reports beyond the metadata every export has
+        if key not in METADATA_KEYS:
+            shown = (" → " if key == "modules" else ", ").join(map(str, value)) if isinstance(value, list) else value
+            typer.echo(f"{key}: {shown}")
     typer.echo(f"wrote {format} export of {pipeline_dir} ({pipe.pooling} pooling, {pipe.input_dim} → "
                f"{pipe.output_dim} dimensions) to {output}")
 

@@ -90,8 +90,12 @@ def check_output(out_dir: str | os.PathLike[str], force: bool) -> None:
         raise ParameterError("force", f"{target}: already exists; pass {{name}} to replace it")
 
 
+_PIPELINE_KEYS = ("model", "pooling", "max_length", "input_dim", "output_dim", "whitening", "projection", "normalize")
+METADATA_KEYS = ("format", "export_format", "tool_version", "pipeline_fingerprint", *_PIPELINE_KEYS)
+
+
 def metadata(pipeline: Pipeline, format: str) -> dict:
-    """What every export records of where it comes from."""
+    """What every export records of where it comes from (the keys :data:`METADATA_KEYS`)."""
     from whiten_cli.index_folder import pipeline_fingerprint
 
     source = pipeline.metadata()
@@ -100,8 +104,7 @@ def metadata(pipeline: Pipeline, format: str) -> dict:
         "export_format": format,
         "tool_version": __version__,
         "pipeline_fingerprint": pipeline_fingerprint(pipeline),
-        **{key: source[key] for key in ("model", "pooling", "max_length", "input_dim", "output_dim", "whitening",
-                                        "projection", "normalize")},
+        **{key: source[key] for key in _PIPELINE_KEYS},
     }
 
 
