@@ -697,7 +697,7 @@ def export_(
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder to write (written whole, then swapped in).")],
     format: Annotated[str, typer.Option("--format", "-f", help="sentence-transformers (a folder SentenceTransformer(folder) loads), onnx (one graph from token ids to the vector) or faiss (a VectorTransform for raw vectors).")] = "sentence-transformers",
     force: Annotated[bool, typer.Option("--force", help="Replace an existing export at -o.")] = False,
-    link_model: Annotated[bool, typer.Option("--link-model/--copy-model", help="sentence-transformers: symlink the model's weight files instead of copying them [default: copy].")] = False,
+    link_model: Annotated[bool, typer.Option("--link-model/--copy-model", help="sentence-transformers: symlink the model's weight files instead of copying them.")] = False,
     quantize: Annotated[Optional[str], typer.Option("--quantize", help="onnx: also write a dynamically quantized graph (int8).")] = None,
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="Where the pipeline's model is, if it moved (the same weights only).")] = None,
 ) -> None:

@@ -259,11 +259,7 @@ def _copy_transformer(transformer: Path, folder: Path, link: bool) -> tuple[int,
     with ``link``, weights become absolute symlinks to the model's own files. Returns (copied, linked)."""
     from whiten_cli.encoder import _folder_weights
 
-    weights = {file.name: file for file in _folder_weights(transformer)}
-    if (transformer / "model.safetensors.index.json").is_file() or (transformer / "pytorch_model.bin.index.json").is_file():
-        weights.update({name: transformer / name for name in ("model.safetensors.index.json",
-                                                               "pytorch_model.bin.index.json")
-                        if (transformer / name).is_file()})
+    weights = {file.name for file in _folder_weights(transformer)}  # one file, or the shards of an index
     copied = linked = 0
     for file in sorted(transformer.iterdir()):
         name = file.name
@@ -271,7 +267,7 @@ def _copy_transformer(transformer: Path, folder: Path, link: bool) -> tuple[int,
             continue
         if name.endswith(_WEIGHT_SUFFIXES) and name not in weights:
             continue  # other formats of the same weights (pytorch_model.bin beside model.safetensors, ONNX, ...)
-        if link and name in weights and not name.endswith(".json"):
+        if link and name in weights:
             os.symlink(file.resolve(), folder / name)
             linked += 1
         else:
