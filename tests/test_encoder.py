@@ -253,7 +253,7 @@ def test_fingerprint_names_the_weights(tiny_model, other_tiny_model):
 
 @pytest.mark.parametrize(
     "kwargs, message",
-    [({"pooling": "max"}, "unknown pooling"), ({"max_length": 1}, "max-length"), ({"batch_size": 0}, "batch-size"),
+    [({"pooling": "max"}, "unknown pooling"), ({"max_length": 1}, "^max_length must"), ({"batch_size": 0}, "^batch_size must"),
      ({"dtype": "int4"}, "dtype")],
 )
 def test_bad_encoder_options(tiny_model, kwargs, message):

@@ -20,7 +20,14 @@ try:  # typer 0.2x runs on its own copy of click and no longer needs the click p
 except ImportError:  # older typer: click itself
     from click import ClickException
 
-from whiten_cli.errors import InputError, WhitenError, describe_fault, one_line, writing
+from whiten_cli.errors import InputError, ParameterError, WhitenError, describe_fault, one_line, writing
+
+# The library's errors name Python parameters; the command line names the flag that sets each one.
+_FLAGS = {"n_components": "-k/--dim", "k": "-k", "jl_dim": "--jl-dim", "max_length": "--max-length",
+          "batch_size": "--batch-size", "threads": "--threads", "pooling": "--pooling", "beta": "--beta",
+          "gamma": "--gamma", "format": "--format", "quantize": "--quantize", "force": "--force",
+          "whiten": "--no-whiten", "hnsw_m": "--hnsw-m", "nlist": "--nlist", "pq_m": "--pq-m", "nprobe": "--nprobe",
+          "ef": "--ef", "max_memory": "--max-memory"}
 
 
 class _Group(TyperGroup):
@@ -43,7 +50,8 @@ class _Group(TyperGroup):
         except (typer.Exit, typer.Abort, ClickException):
             raise  # help, usage errors and exit codes: click's own
         except WhitenError as exc:
-            typer.echo(f"error: {one_line(exc)}", err=True)
+            message = exc.naming(_FLAGS.get(exc.parameter, exc.parameter)) if isinstance(exc, ParameterError) else exc
+            typer.echo(f"error: {one_line(message)}", err=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             typer.echo("interrupted", err=True)
@@ -909,6 +917,34 @@ def compare(
         low, high = moved.variance_ratios
         typer.echo(f"B's variance relative to the fitted corpus's, along the whitened axes: {low:.3g} to {high:.3g} "
                    "(1 to 1: the whitening still fits)")
+
+
+# --------------------------------------------------------------------------- export
+
+
+@app.command("export")
+def export_(
+    pipeline_dir: Annotated[Path, typer.Argument(help="Pipeline folder from `whiten fit`.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder to write (written whole, then swapped in).")],
+    format: Annotated[str, typer.Option("--format", "-f", help="sentence-transformers (a folder SentenceTransformer(folder) loads), onnx (one graph from token ids to the vector) or faiss (a VectorTransform for raw vectors).")] = "sentence-transformers",
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing export at -o.")] = False,
+    link_model: Annotated[bool, typer.Option("--link-model/--copy-model", help="sentence-transformers: symlink the model's weight files instead of copying them.")] = False,
+    quantize: Annotated[Optional[str], typer.Option("--quantize", help="onnx: also write a dynamically quantized graph (int8).")] = None,
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Where the pipeline's model is, if it moved (the same weights only).")] = None,
+) -> None:
+    """Export a pipeline: a sentence-transformers folder, an ONNX graph or a FAISS transform."""
+    from whiten_cli.export import METADATA_KEYS, export
+    from whiten_cli.pipeline import Pipeline
+
+    pipe = Pipeline.load(pipeline_dir)
+    with writing(output):
+        report = export(pipe, output, format, force=force, link_model=link_model, model=model, quantize=quantize)
+    for key, value in report.items():  # what this format reports beyond the metadata every export has
+        if key not in METADATA_KEYS:
+            shown = (" → " if key == "modules" else ", ").join(map(str, value)) if isinstance(value, list) else value
+            typer.echo(f"{key}: {shown}")
+    typer.echo(f"wrote {format} export of {pipeline_dir} ({pipe.pooling} pooling, {pipe.input_dim} → "
+               f"{pipe.output_dim} dimensions) to {output}")
 
 
 def _terminated(signum, frame) -> None:

@@ -27,8 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from whiten_cli.errors import WhitenError
-from whiten_cli.st_folder import ModelPooling, load_head, pool, read_model_pooling
+from whiten_cli.errors import ParameterError, WhitenError
+from whiten_cli.st_folder import ModelPooling, layer_mean, load_head, pool, read_model_pooling
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 _DEFAULT_MODEL_ALIASES = {DEFAULT_MODEL.lower(), "sentence-transformers/all-minilm-l6-v2", "default"}
@@ -325,13 +325,13 @@ class Encoder:
         threads: int | None = None,
     ):
         if max_length is not None and max_length < 2:
-            raise WhitenError(f"--max-length must be at least 2, got {max_length}")
+            raise ParameterError("max_length", f"must be at least 2, got {max_length}")
         if batch_size < 1:
-            raise WhitenError(f"--batch-size must be positive, got {batch_size}")
+            raise ParameterError("batch_size", f"must be positive, got {batch_size}")
         if dtype not in DTYPES:
             raise WhitenError(f"unknown dtype {dtype!r} (choose from {', '.join(DTYPES)})")
         if threads is not None and threads < 1:
-            raise WhitenError(f"--threads must be positive, got {threads}")
+            raise ParameterError("threads", f"must be positive, got {threads}")
         _check_device(device, dtype)
         choice = choose_dtype(dtype, device)
         _log.info("dtype %s%s: %s", choice.dtype, " (auto)" if dtype == "auto" else "", choice.reason)
@@ -506,7 +506,8 @@ class Encoder:
                   "attention_mask": torch.from_numpy(mask).to(self.device)}
         if "token_type_ids" in self._tokenizer.model_input_names:
             inputs["token_type_ids"] = torch.zeros_like(inputs["input_ids"])
-        needs_layers = any(p in ("first-last-avg", "last2avg") for p in poolings)
+        needs_layers = any(p in ("first-last-avg", "last2avg") for p in poolings) or (
+            "model" in poolings and self.model_pooling.layer_weights is not None)
         with _autocast(self.device, self.dtype):
             out = model(**inputs, output_hidden_states=needs_layers, return_dict=True)
         mask_f = inputs["attention_mask"].unsqueeze(-1).float()
@@ -520,7 +521,7 @@ class Encoder:
             return out.last_hidden_state[:, 0]
         if pooling == "pooler":
             if getattr(out, "pooler_output", None) is None:
-                raise WhitenError(f"{self.source.name}: this model has no pooler layer; choose another --pooling")
+                raise ParameterError("pooling", f"{self.source.name}: this model has no pooler layer; choose another {{name}}")
             return out.pooler_output
         if pooling == "last-avg":
             return mean(out.last_hidden_state)
@@ -531,11 +532,13 @@ class Encoder:
         # pooling == "model": the sentence-transformers folder's own modules
         if self._head is None:
             self._head = load_head(self.model_pooling, self.device)
-        return self._head(pool(self.model_pooling.modes, out.last_hidden_state.float(), mask))
+        chain = self.model_pooling
+        states = out.last_hidden_state if chain.layer_weights is None else layer_mean(out.hidden_states, chain.layer_weights)
+        return self._head(pool(chain.modes, states.float(), mask))
 
 
 def _no_model_pooling(model: str) -> WhitenError:
-    return WhitenError(f"{model}: not a sentence-transformers folder, so it has no pooling of its own; choose --pooling")
+    return ParameterError("pooling", f"{model}: not a sentence-transformers folder, so it has no pooling of its own; choose {{name}}")
 
 
 @lru_cache(maxsize=1)

@@ -14,8 +14,26 @@ from collections.abc import Iterator
 from os import PathLike
 
 
-class WhitenError(Exception):
-    """A problem the user can fix (bad file, bad flag, mismatched artifact)."""
+class WhitenError(ValueError):
+    """A problem the user can fix (bad file, bad argument, mismatched artifact).
+
+    A ValueError, so that library callers catching bad values catch it too."""
+
+
+class ParameterError(WhitenError):
+    """A bad argument value. The message names the Python parameter (``n_components must be ...``);
+    the command line names its flag instead (``-k/--dim must be ...``), from :attr:`parameter`.
+
+    ``reason`` follows the name, or holds ``{name}`` where the name goes."""
+
+    def __init__(self, parameter: str, reason: str):
+        self.parameter = parameter
+        self.reason = reason if "{name}" in reason else "{name} " + reason
+        super().__init__(self.naming(parameter))
+
+    def naming(self, name: str) -> str:
+        """The message with ``name`` (a flag) for the parameter."""
+        return self.reason.replace("{name}", name)
 
 
 class InputError(WhitenError):

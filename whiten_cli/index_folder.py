@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from whiten_cli import __version__
-from whiten_cli.errors import InputError, WhitenError
+from whiten_cli.errors import InputError, ParameterError, WhitenError
 from whiten_cli.index_docs import (DOCS_FILE, OFFSETS_FILE, Document, Hit, _doc_line, _DocFile, documents,
                                   records_to_documents)
 from whiten_cli.index_faiss import build_faiss, faiss_search, normalized, tune_search
@@ -303,7 +303,7 @@ class VectorIndex:
         cosine score is below it. ``nprobe``/``ef`` default to the values stored at build time.
         """
         if k < 1:
-            raise WhitenError(f"-k must be at least 1, got {k}")
+            raise ParameterError("k", f"must be at least 1, got {k}")
         _check_knobs(nprobe, ef)
         q = _check_vectors(queries, self.dim, what="query vectors")
         defaults = self.metadata.get("search", {})
@@ -333,7 +333,7 @@ class VectorIndex:
     def search_texts(self, texts: Sequence[str], k: int = 10, **options) -> list[list[Hit]]:
         """Encode ``texts`` through the index's pipeline and :meth:`search` them."""
         if k < 1:
-            raise WhitenError(f"-k must be at least 1, got {k}")
+            raise ParameterError("k", f"must be at least 1, got {k}")
         return self.search(self.encode(texts), k, **options)
 
 
@@ -457,9 +457,9 @@ def _check_unique(ids: list[str]) -> None:
 
 def _check_knobs(nprobe: int | None, ef: int | None) -> None:
     if nprobe is not None and nprobe < 1:
-        raise WhitenError(f"--nprobe must be at least 1, got {nprobe}")
+        raise ParameterError("nprobe", f"must be at least 1, got {nprobe}")
     if ef is not None and ef < 1:
-        raise WhitenError(f"--ef must be at least 1, got {ef}")
+        raise ParameterError("ef", f"must be at least 1, got {ef}")
 
 
 def check_target(target: Path) -> None:

@@ -6,7 +6,7 @@ import math
 import re
 from dataclasses import dataclass, replace
 
-from whiten_cli.errors import WhitenError
+from whiten_cli.errors import ParameterError, WhitenError
 
 KINDS = ("auto", "flat", "hnsw", "ivf", "ivfpq")
 FLAT_LIMIT = 100_000  # auto: exact search below this many vectors
@@ -143,11 +143,11 @@ def plan_index(
     if n < 1:
         raise WhitenError("empty corpus: nothing to index")
     if nlist is not None and nlist < 1:
-        raise WhitenError(f"--nlist must be positive, got {nlist}")
+        raise ParameterError("nlist", f"must be positive, got {nlist}")
     if pq_m is not None and (pq_m < 1 or dim % pq_m):
-        raise WhitenError(f"--pq-m must divide the vector dimension {dim}, got {pq_m}")
+        raise ParameterError("pq_m", f"must divide the vector dimension {dim}, got {pq_m}")
     if hnsw_m is not None and not 2 <= hnsw_m <= 256:
-        raise WhitenError(f"--hnsw-m must be between 2 and 256, got {hnsw_m}")
+        raise ParameterError("hnsw_m", f"must be between 2 and 256, got {hnsw_m}")
     if kind == "auto":
         return _auto(n, dim, max_memory)
     if kind == "flat":

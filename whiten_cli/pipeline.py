@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from whiten_cli import __version__
-from whiten_cli.errors import WhitenError
+from whiten_cli.errors import ParameterError, WhitenError
 from whiten_cli.projection import RandomProjection
 from whiten_cli.storage import atomic_directory, reads_one_version
 from whiten_cli.whitening import Whitening
@@ -47,6 +47,8 @@ class Pipeline:
     model_path: str | None = None  # the resolved folder (absolute); None in pipelines of older versions
     model_revision: str | None = None  # a hub model's snapshot commit
     model_hub_id: str | None = None
+    # The encoders :meth:`encode` built, by (batch_size, device, dtype).
+    _encoders: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def output_dim(self) -> int:
@@ -75,7 +77,15 @@ class Pipeline:
 
         Without ``model``: the stored folder, else the hub id at its stored revision, else the
         name as typed (pipelines of older versions)."""
-        from whiten_cli.encoder import Encoder, legacy_fingerprint, resolve_model
+        from whiten_cli.encoder import Encoder
+
+        source = self.model_source(model)
+        return Encoder(str(source.path), pooling=self.pooling, max_length=self.max_length, **options)
+
+    def model_source(self, model: str | None = None):
+        """Where this pipeline's model is (a :class:`~whiten_cli.encoder.ModelSource`), found as
+        :meth:`encoder` finds it; refuses a model with other weights."""
+        from whiten_cli.encoder import legacy_fingerprint, resolve_model
 
         if model is not None:
             source = resolve_model(model)
@@ -95,7 +105,7 @@ class Pipeline:
             self.check_model(source.fingerprint, source.name)
         else:  # an older pipeline: fingerprinted every top-level weight file
             self.check_model(legacy_fingerprint(source.path) or source.fingerprint, source.name)
-        return Encoder(str(source.path), pooling=self.pooling, max_length=self.max_length, **options)
+        return source
 
     def check_model(self, fingerprint: str, name: str) -> None:
         if fingerprint != self.model_fingerprint:
@@ -104,9 +114,28 @@ class Pipeline:
                 f"({self.model}, weights {self.model_fingerprint}); refit with `whiten fit` for this model"
             )
 
-    def encode(self, texts: Sequence[str], encoder, **options) -> np.ndarray:
-        """Encode and transform ``texts`` with an encoder from :meth:`encoder`."""
-        return self.transform(encoder.encode(texts, **options))
+    def encode(self, texts: str | Sequence[str], encoder=None, *, batch_size: int | None = None,
+               device: str = "cpu", dtype: str = "auto", progress=None) -> np.ndarray:
+        """The pipeline's vectors of ``texts``: a ``str`` gives one vector (``dim``,), a list an
+        (n, ``dim``) float32 array.
+
+        Without ``encoder``, the pipeline builds one for its model with :meth:`encoder` on first
+        use and keeps it; ``batch_size``, ``device`` and ``dtype`` say how it runs. ``progress(done,
+        total)`` is called after each batch."""
+        if encoder is None:
+            key = (batch_size, device, dtype)
+            if key not in self._encoders:
+                options = {"batch_size": batch_size} if batch_size is not None else {}
+                self._encoders[key] = self.encoder(device=device, dtype=dtype, **options)
+            encoder = self._encoders[key]
+        if isinstance(texts, str):
+            return self.transform(encoder.encode([texts], progress=progress))[0]
+        return self.transform(encoder.encode(texts, progress=progress))
+
+    @property
+    def dim(self) -> int:
+        """The dimension of the pipeline's vectors (``output_dim``)."""
+        return self.output_dim
 
     def metadata(self, folder: str | os.PathLike[str] | None = None) -> dict:
         """The ``pipeline.json`` content; ``folder`` (where it is saved) adds the model's relative path."""
@@ -362,9 +391,12 @@ def fit_pipeline(
     from whiten_cli.whitening import Eigenbasis
 
     if not options.whiten and options.jl_dim is None:
-        raise WhitenError("nothing to fit: --no-whiten needs --jl-dim")
+        raise ParameterError("jl_dim", "nothing to fit: without whitening, {name} is needed")
     if options.n_components is not None and not 1 <= options.n_components <= encoder.dim:
-        raise WhitenError(f"-k must be between 1 and the model's dimension {encoder.dim}, got {options.n_components}")
+        raise ParameterError("n_components", f"must be between 1 and the model's dimension {encoder.dim}, "
+                                             f"got {options.n_components}")
+    if options.jl_dim is not None and options.jl_dim < 1:
+        raise ParameterError("jl_dim", f"must be positive, got {options.jl_dim}")
     whitening = eigenvalues = eigenvectors = None
     if options.whiten:
         stats = GaussianStats.empty(encoder.dim)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from whiten_cli.errors import WhitenError
+from whiten_cli.errors import ParameterError, WhitenError
 
 
 @dataclass(frozen=True)
@@ -18,7 +18,7 @@ class RandomProjection:
     @classmethod
     def create(cls, input_dim: int, n_components: int, seed: int = 0) -> RandomProjection:
         if n_components < 1:
-            raise WhitenError(f"--jl-dim must be positive, got {n_components}")
+            raise ParameterError("n_components", f"must be positive, got {n_components}")
         rng = np.random.default_rng(seed)
         matrix = rng.standard_normal((input_dim, n_components)) / math.sqrt(n_components)
         return cls(matrix.astype(np.float32), seed)

@@ -94,11 +94,18 @@ class ModelPooling:
     transformer_subfolder: str
     max_seq_length: int | None  # None: the tokenizer's and the model's limits decide
     do_lower_case: bool
+    # A WeightedLayerPooling before the Pooling: (layer_start, weights); the token vectors pooled are
+    # then the weighted mean of hidden_states[layer_start:] instead of the last hidden state.
+    layer_weights: tuple[int, tuple[float, ...]] | None = None
 
     @property
     def mode(self) -> str:
         """The whole chain in one string, e.g. ``mean>dense(32->8,tanh)>normalize`` (a cache key part)."""
-        return ">".join(["+".join(self.modes), *(module.spec for module in self.head)])
+        layers = []
+        if self.layer_weights is not None:
+            start, weights = self.layer_weights
+            layers = [f"layers({start}:{','.join(f'{w:g}' for w in weights)})"]
+        return ">".join([*layers, "+".join(self.modes), *(module.spec for module in self.head)])
 
     @property
     def normalize(self) -> bool:
@@ -129,9 +136,14 @@ def read_model_pooling(path: Path) -> ModelPooling | None:
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise WhitenError(f"{modules_file}: unreadable sentence-transformers configuration ({exc})") from None
     kinds = [_module_kind(path, kind) for kind, _ in chain]
+    layer_weights = None
+    if kinds[:3] == ["Transformer", "WeightedLayerPooling", "Pooling"]:  # as `whiten export` writes layer means
+        layer_weights = _read_layer_weights(path / chain[1][1])
+        del kinds[1], chain[1]
     if kinds[:2] != ["Transformer", "Pooling"]:
         raise WhitenError(f"{path}: sentence-transformers modules {' → '.join(kinds) or 'none'} are not supported "
-                          f"(whiten reproduces Transformer → Pooling → Dense/LayerNorm/Dropout/Normalize)")
+                          f"(whiten reproduces Transformer → [WeightedLayerPooling →] Pooling → "
+                          f"Dense/LayerNorm/Dropout/Normalize)")
     _check_no_default_prompt(path)
     transformer_subfolder = chain[0][1]
     max_seq_length, do_lower_case = _transformer_settings(path / transformer_subfolder)
@@ -158,7 +170,32 @@ def read_model_pooling(path: Path) -> ModelPooling | None:
         head.append(module)
     return ModelPooling(modes=modes, embedding_dimension=embedding_dimension, head=tuple(head),
                         transformer_subfolder=transformer_subfolder, max_seq_length=max_seq_length,
-                        do_lower_case=do_lower_case)
+                        do_lower_case=do_lower_case, layer_weights=layer_weights)
+
+
+def _read_layer_weights(folder: Path) -> tuple[int, tuple[float, ...]]:
+    """(layer_start, weights) of a WeightedLayerPooling module."""
+    config = _read_config(folder)
+    start = config.get("layer_start", 4)
+    layers = _positive_int(config, "num_hidden_layers", folder) if "num_hidden_layers" in config else 12
+    if not isinstance(start, int) or isinstance(start, bool) or not 0 <= start <= layers:
+        raise WhitenError(f"{folder}: WeightedLayerPooling layer_start {start!r} is not a layer of {layers}")
+    try:  # read with numpy: reading the folder's configuration does not import torch
+        from safetensors.numpy import load_file
+
+        weights = load_file(str(folder / "model.safetensors")).get("layer_weights")
+    except Exception as exc:  # missing or damaged: safetensors raises several kinds
+        raise WhitenError(f"{folder}: unreadable WeightedLayerPooling weights model.safetensors ({exc})") from None
+    if weights is None or tuple(weights.shape) != (layers + 1 - start,):
+        raise WhitenError(f"{folder}: WeightedLayerPooling needs {layers + 1 - start} layer_weights")
+    return start, tuple(float(w) for w in weights)
+
+
+def layer_mean(hidden_states, layer_weights: tuple[int, tuple[float, ...]]):
+    """The token vectors a WeightedLayerPooling gives: the weighted mean of hidden_states[start:]."""
+    start, weights = layer_weights
+    total = sum(weight * states.float() for weight, states in zip(weights, hidden_states[start:]) if weight)
+    return total / sum(weights)
 
 
 def _module_kind(path: Path, type_path: str) -> str:

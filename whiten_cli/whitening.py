@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from whiten_cli.errors import WhitenError
+from whiten_cli.errors import ParameterError, WhitenError
 from whiten_cli.stats import GaussianStats
 
 RELATIVE_FLOOR = 1e-6  # eigenvalues are floored at this fraction of the largest one
@@ -55,10 +55,10 @@ class Eigenbasis:
     def whitening(self, n_components: int | None = None, beta: float = 1.0, gamma: float = 1.0) -> Whitening:
         k = self.dim if n_components is None else n_components
         if not 1 <= k <= self.dim:
-            raise WhitenError(f"k must be between 1 and the vector dimension {self.dim}, got {k}")
+            raise ParameterError("n_components", f"must be between 1 and the vector dimension {self.dim}, got {k}")
         for name, value in (("beta", beta), ("gamma", gamma)):
             if not 0.0 <= value <= 1.0:
-                raise WhitenError(f"{name} must be in [0, 1], got {value}")
+                raise ParameterError(name, f"must be in [0, 1], got {value}")
         if gamma > 0 and not self.floor > 0:
             raise WhitenError("the vectors do not vary (zero covariance): there is nothing to whiten")
         if k > self.count - 1:
