@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import sys
-import types
 from pathlib import Path
 
 import numpy as np
@@ -152,22 +151,21 @@ def test_linear_map_is_the_pipeline_before_normalization(tmp_path, corpus, tiny_
 # --- ONNX: dispatched to whiten_cli.onnx_export ------------------------------------------------------
 
 
-def test_onnx_format_passes_quantize_through(tmp_path, corpus, tiny_model, monkeypatch):
-    calls = []
+def test_onnx_format_writes_the_graph_and_its_int8_twin(tmp_path, corpus, texts, tiny_model):
+    """`whiten export --format onnx --quantize int8`: the graph, run in onnxruntime with the exported
+    tokenizer, gives `whiten encode --pipeline`'s vectors; the int8 graph is written and reported."""
+    pytest.importorskip("onnxruntime")
+    from test_onnx import run_graph
 
-    def export_onnx(pipeline, out_dir, *, quantize=None):
-        calls.append((pipeline.pooling, Path(out_dir).parent, quantize))
-        (Path(out_dir) / "model.onnx").write_bytes(b"graph")
-        return {"quantized": "model_int8.onnx"}
-
-    monkeypatch.setitem(sys.modules, "whiten_cli.onnx_export", types.SimpleNamespace(export_onnx=export_onnx))
-    pipe = fit(tmp_path, corpus, tiny_model, "--pooling", "cls", "-k", "8")
+    pipe = fit(tmp_path, corpus, tiny_model, "--pooling", "first-last-avg", "-k", "16")
     result = run("export", pipe, "-o", tmp_path / "onnx", "--format", "onnx", "--quantize", "int8")
     assert result.exit_code == 0, result.output
-    assert calls == [("cls", tmp_path, "int8")]
-    assert "model_int8.onnx" in result.stdout
-    assert (tmp_path / "onnx" / "model.onnx").read_bytes() == b"graph"
-    assert json.loads((tmp_path / "onnx" / METADATA_FILE).read_text())["export_format"] == "onnx"
+    assert "int8" in result.stdout
+    folder = tmp_path / "onnx"
+    assert (folder / "model.onnx").is_file() and (folder / "model.int8.onnx").is_file()
+    assert json.loads((folder / METADATA_FILE).read_text())["export_format"] == "onnx"
+    expected = encode(tmp_path, corpus, "--pipeline", pipe)
+    assert least_cosine(run_graph(folder, texts), expected) > 0.9999
 
 
 def test_onnx_format_without_the_exporter_is_one_line(tmp_path, corpus, tiny_model, monkeypatch):
