@@ -188,11 +188,20 @@ def test_fit_k_larger_than_dimension(tiny_model, corpus, tmp_path):
     assert_nothing_written(out)
 
 
-@pytest.mark.parametrize("extra", [("--beta", "1.5"), ("--gamma", "-1"), ("-k", "0")])
-def test_fit_bad_whitening_options(tiny_model, corpus, tmp_path, extra):
+@pytest.mark.parametrize("extra, named", [(("--beta", "1.5"), "--beta"), (("--gamma", "-1"), "--gamma"), (("-k", "0"), "-k"),
+                                          (("--jl-dim", "0"), "--jl-dim"), (("--no-whiten",), "--jl-dim")])
+def test_fit_bad_whitening_options(tiny_model, corpus, tmp_path, extra, named):
     out = tmp_path / "p"
-    assert_one_line_error(run(*fit_args(tiny_model, corpus, out, *extra)))
+    assert_one_line_error(run(*fit_args(tiny_model, corpus, out, *extra)), named)
     assert_nothing_written(out)
+
+
+@pytest.mark.parametrize("extra", [("--gamma", "2"), ("--jl-dim", "0")])
+def test_fit_options_are_checked_before_the_model_is_loaded(corpus, tmp_path, extra):
+    """A bad value is refused at once, not after encoding the corpus: the model here does not even exist."""
+    result = run(*fit_args(tmp_path / "no-such-model", corpus, tmp_path / "p", *extra))
+    assert_one_line_error(result, extra[0])
+    assert "no-such-model" not in result.output
 
 
 def test_failed_fit_keeps_previous_pipeline(fitted, tiny_model, corpus):

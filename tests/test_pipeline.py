@@ -306,10 +306,11 @@ def test_fit_pipeline_options(encoder):
     jl_only = fit_pipeline(texts, encoder, FitOptions(whiten=False, jl_dim=6))
     assert jl_only.whitening is None and jl_only.projection.input_dim == HIDDEN
     with pytest.raises(WhitenError, match="nothing to fit"):
-        fit_pipeline(texts, encoder, FitOptions(whiten=False))
-    for k in (0, HIDDEN + 1):
-        with pytest.raises(WhitenError, match="^n_components must be between 1"):
-            fit_pipeline(texts, encoder, FitOptions(n_components=k))
+        FitOptions(whiten=False)  # refused when made, before any encoding
+    with pytest.raises(WhitenError, match="^n_components must be at least 1"):
+        FitOptions(n_components=0)
+    with pytest.raises(WhitenError, match="^n_components must be between 1"):
+        fit_pipeline(texts, encoder, FitOptions(n_components=HIDDEN + 1))
 
 
 def test_pipeline_encoder_checks_the_model(tmp_path, encoder, tiny_model, other_tiny_model):

@@ -372,6 +372,19 @@ class FitOptions:
     seed: int = 0
     normalize: bool = True
 
+    def __post_init__(self) -> None:
+        """Checked when made, so that a bad value is refused before a corpus is encoded."""
+        for name in ("beta", "gamma"):
+            value = getattr(self, name)
+            if not 0 <= value <= 1:
+                raise ParameterError(name, f"must be in [0, 1], got {value}")
+        if self.n_components is not None and self.n_components < 1:
+            raise ParameterError("n_components", f"must be at least 1, got {self.n_components}")
+        if self.jl_dim is not None and self.jl_dim < 1:
+            raise ParameterError("jl_dim", f"must be positive, got {self.jl_dim}")
+        if not self.whiten and self.jl_dim is None:
+            raise ParameterError("jl_dim", "nothing to fit: without whitening, {name} is needed")
+
 
 def fit_pipeline(
     texts: Sequence[str],
@@ -390,13 +403,9 @@ def fit_pipeline(
     from whiten_cli.stats import GaussianStats
     from whiten_cli.whitening import Eigenbasis
 
-    if not options.whiten and options.jl_dim is None:
-        raise ParameterError("jl_dim", "nothing to fit: without whitening, {name} is needed")
     if options.n_components is not None and not 1 <= options.n_components <= encoder.dim:
         raise ParameterError("n_components", f"must be between 1 and the model's dimension {encoder.dim}, "
                                              f"got {options.n_components}")
-    if options.jl_dim is not None and options.jl_dim < 1:
-        raise ParameterError("jl_dim", f"must be positive, got {options.jl_dim}")
     whitening = eigenvalues = eigenvectors = None
     if options.whiten:
         stats = GaussianStats.empty(encoder.dim)
