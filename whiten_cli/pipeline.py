@@ -347,13 +347,9 @@ def fit_pipeline(
     fixed amount of memory (its texts aside).
     """
     from whiten_cli.stats import GaussianStats
-    from whiten_cli.whitening import Eigenbasis
 
-    if not options.whiten and options.jl_dim is None:
-        raise WhitenError("nothing to fit: --no-whiten needs --jl-dim")
-    if options.n_components is not None and not 1 <= options.n_components <= encoder.dim:
-        raise WhitenError(f"-k must be between 1 and the model's dimension {encoder.dim}, got {options.n_components}")
-    whitening = eigenvalues = None
+    check_fit_options(options, encoder.dim)
+    stats = None
     if options.whiten:
         stats = GaussianStats.empty(encoder.dim)
         done = 0
@@ -365,6 +361,24 @@ def fit_pipeline(
             done += len(chunk)
             if progress:
                 progress(done, len(texts))
+    return pipeline_from_stats(stats, encoder, options, len(texts), info)
+
+
+def check_fit_options(options: FitOptions, dim: int) -> None:
+    """Refuse options that cannot be fitted, before anything is encoded."""
+    if not options.whiten and options.jl_dim is None:
+        raise WhitenError("nothing to fit: --no-whiten needs --jl-dim")
+    if options.n_components is not None and not 1 <= options.n_components <= dim:
+        raise WhitenError(f"-k must be between 1 and the model's dimension {dim}, got {options.n_components}")
+
+
+def pipeline_from_stats(stats, encoder, options: FitOptions, count: int, info: dict | None = None) -> Pipeline:
+    """The pipeline of ``options`` from the corpus's statistics (None without whitening), however they
+    were gathered (one process, or blocks merged); ``encoder`` says which model, pooling and dtype."""
+    from whiten_cli.whitening import Eigenbasis
+
+    whitening = eigenvalues = None
+    if options.whiten:
         basis = Eigenbasis.fit(stats)
         whitening = basis.whitening(options.n_components, options.beta, options.gamma)
         eigenvalues = basis.eigenvalues
@@ -382,7 +396,7 @@ def fit_pipeline(
         projection=projection,
         normalize=options.normalize,
         eigenvalues=eigenvalues,
-        info={"fitted_on": len(texts), "dtype": encoder.dtype, **(info or {})},
+        info={"fitted_on": count, "dtype": encoder.dtype, **(info or {})},
         model_path=str(encoder.source.path),
         model_revision=encoder.source.revision,
         model_hub_id=encoder.source.hub_id,
