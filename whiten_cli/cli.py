@@ -193,7 +193,7 @@ def _encoding(settings: dict, device: str, no_cache: bool = False, cache_dir: Pa
             "cache": _cache(no_cache, cache_dir), "threads": threads}
 
 
-def _engine(name: str, address: str | None, workers: int | None):
+def _engine(command: str, name: str, address: str | None, workers: int | None):
     """The engine asked for; --engine ray without the extra fails here, before any work."""
     from whiten_cli.shards import Engine
 
@@ -201,7 +201,7 @@ def _engine(name: str, address: str | None, workers: int | None):
     if engine.name == "ray":
         from whiten_cli.engine_ray import require_ray
 
-        require_ray(click.get_current_context().info_name)
+        require_ray(command)
     return engine
 
 
@@ -251,7 +251,7 @@ def fit(
     s = _settings(config, model=model, pooling=pooling, k=k, beta=beta, gamma=gamma, whiten=whiten, jl_dim=jl_dim,
                   seed=seed, normalize=normalize, max_length=max_length, batch_size=batch_size, dtype=dtype)
     check_output_folder(output)
-    engine_ = _engine(engine, ray_address, workers)
+    engine_ = _engine("fit", engine, ray_address, workers)
     options = FitOptions(n_components=s.get("k"), beta=s["beta"], gamma=s["gamma"], whiten=s["whiten"],
                          jl_dim=s.get("jl_dim"), seed=s["seed"], normalize=s["normalize"])
     if engine_.name == "local" and not is_sharded(corpus):
@@ -294,7 +294,7 @@ def fit(
 @app.command()
 def encode(
     input: Annotated[Path, typer.Argument(help="Texts to encode: .txt (one a line), .jsonl, .csv, .tsv, or a folder or quoted glob of shards (also .parquet).")],
-    output: Annotated[Path, typer.Option("--output", "-o", help=".npy file to write (float32, row i = text i); for a folder or glob of shards, or -o DIR/, a folder of .npy shards with manifest.json.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help=".npy file to write (float32, row i = text i); for a folder or glob of shards, or -o DIR (no suffix), a folder of .npy shards with manifest.json.")],
     pipeline_dir: Annotated[Optional[Path], typer.Option("--pipeline", help="Pipeline folder from `whiten fit`.")] = None,
     raw_output: Annotated[Optional[Path], typer.Option("--raw-output", help="Also write the pooled vectors before the pipeline.")] = None,
     model: ModelOpt = None,
@@ -320,7 +320,7 @@ def encode(
     from whiten_cli.readers import read_texts
     from whiten_cli.shards import encode_matrix, encode_to_folder, shard_paths, wants_folder
 
-    engine_ = _engine(engine, ray_address, workers)
+    engine_ = _engine("encode", engine, ray_address, workers)
     folder = wants_folder(input, output)
     if folder:
         if raw_output is not None:
@@ -559,6 +559,7 @@ def _load_vectors(path: Path, rows: int, dim: int, what: str):
 
 @app.command("index")
 def index_(
+    ctx: typer.Context,
     corpus: Annotated[Path, typer.Argument(help="Documents: .txt (one a line), .jsonl, .csv or .tsv. Ids come from --id-field or an id/_id/doc_id field; without one, documents are numbered 1, 2, ... in index order.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Index folder to write (with --append: to extend).")],
     pipeline_dir: Annotated[Optional[Path], typer.Option("--pipeline", help="Pipeline folder from `whiten fit` (needed for a new index; with --append it must be the index's own).")] = None,
@@ -597,7 +598,7 @@ def index_(
 
     if vectors is not None and raw_vectors is not None:
         raise WhitenError("give --vectors or --raw-vectors, not both")
-    engine_ = _engine(engine, ray_address, workers)
+    engine_ = _engine("index", engine, ray_address, workers)
     budget = ix.parse_size(max_memory) if max_memory is not None else None
     records = read_all_records(corpus, field=field, id_field=id_field, skip_empty=skip_empty)
     if append:
@@ -623,7 +624,7 @@ def index_(
     if engine_.name == "ray":  # Ray runs until the command returns
         from whiten_cli.engine_ray import session
 
-        ray_workers = click.get_current_context().with_resource(session("index", engine_.address, engine_.workers))
+        ray_workers = ctx.with_resource(session("index", engine_.address, engine_.workers))
     if vectors is not None and vectors.is_dir():
         matrix = load_vector_folder(vectors, [record.id for record in records] if id_field is None else None,
                                     pipe.output_dim)

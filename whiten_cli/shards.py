@@ -148,11 +148,10 @@ def _read_parquet(path: Path, field: str | None, id_field: str | None, skip_empt
 
 
 def wants_folder(input_spec: str | os.PathLike[str], output: str | os.PathLike[str]) -> bool:
-    """Whether ``whiten encode`` writes a folder of shards: sharded input, or ``-o`` ending in ``/``
-    or naming a vector folder already there."""
-    out = str(output)
-    return (is_sharded(input_spec) or out.endswith(("/", os.sep))
-            or (Path(out).is_dir() and (Path(out) / MANIFEST_FILE).is_file()))
+    """Whether ``whiten encode`` writes a folder of shards: for sharded input, or an ``-o`` without a
+    suffix (``out/vectors``, ``out/vectors/``) or naming a vector folder already there."""
+    out = Path(output)
+    return is_sharded(input_spec) or not out.suffix or (out / MANIFEST_FILE).is_file()
 
 
 class VectorFolderWriter:
