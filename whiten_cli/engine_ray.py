@@ -146,7 +146,9 @@ def _plain(error: WhitenError) -> WhitenError:
 
 
 class ShardReader:
-    """flat_map: a shard's path → its blocks (rows with the block's texts and ids)."""
+    """flat_map: a shard's path → its blocks (rows with the block's texts and ids). A shard that does
+    not parse becomes one row carrying the error, which the driver raises when it gets there: a
+    failed task would be reported by Ray in a traceback, and its exception does not travel whole."""
 
     def __init__(self, options: dict):
         self.options = options
@@ -155,8 +157,9 @@ class ShardReader:
         try:
             blocks = shard_blocks(int(row["shard"]), row["path"], **self.options)
         except WhitenError as exc:
-            raise _plain(exc) from None
-        return [{"shard": b.shard, "source": b.source, "index": b.index, "texts": b.texts, "ids": b.ids}
+            return [{"shard": int(row["shard"]), "source": row["path"], "index": 0, "texts": [], "ids": [],
+                     "error": str(exc)}]
+        return [{"shard": b.shard, "source": b.source, "index": b.index, "texts": b.texts, "ids": b.ids, "error": ""}
                 for b in blocks]
 
 
@@ -177,12 +180,14 @@ class EncodeActor:
         from whiten_cli.stats import GaussianStats
 
         texts = [str(text) for text in batch["texts"][0]]
-        vectors = self.vectors(texts)
-        out = {"shard": batch["shard"], "source": batch["source"], "index": batch["index"],
+        error = str(batch["error"][0])
+        vectors = self.vectors(texts) if not error else np.zeros((0, self.encoder.dim), dtype=np.float32)
+        out = {"shard": batch["shard"], "source": batch["source"], "index": batch["index"], "error": batch["error"],
                "rows": np.array([len(texts)]), "truncated": np.array([self.encoder.truncated])}
         self.encoder.truncated = 0
         if self.stats:
-            block = GaussianStats.of(vectors)
+            dim = vectors.shape[1]
+            block = GaussianStats.of(vectors) if len(vectors) else GaussianStats.empty(dim, np.zeros(dim))
             out.update(shift=[block.shift.tobytes()], sum=[block.shifted_sum.tobytes()],
                        outer=[block.shifted_outer.tobytes()])
         else:
@@ -213,6 +218,11 @@ def _actor_class():
     return EncodeActor  # looked up at call time, so a test can put a worker that kills itself in its place
 
 
+def _raise_error(row: dict) -> None:
+    if row["error"]:
+        raise WhitenError(str(row["error"]))
+
+
 def encode_blocks(paths: list[Path], spec: EncoderSpec, options: dict, workers: int,
                   progress: Callable[[int, int], None] | None = None) -> Iterator[tuple[Block, np.ndarray]]:
     """``(block, pooled vectors)`` for every block of ``paths``, in order, encoded on the actor pool."""
@@ -220,6 +230,7 @@ def encode_blocks(paths: list[Path], spec: EncoderSpec, options: dict, workers: 
     with _worker_errors():
         dataset = _pipeline(workers, paths, spec, options, stats=False)
         for row in dataset.iter_rows():
+            _raise_error(row)
             vectors = np.frombuffer(row["vectors"], dtype=np.float32).reshape(int(row["rows"]), int(row["dim"]))
             ids = [str(ident) for ident in row["ids"]]
             block = Block(int(row["shard"]), str(row["source"]), int(row["index"]), [], ids)
@@ -238,6 +249,7 @@ def block_stats(paths: list[Path], spec: EncoderSpec, options: dict, workers: in
     truncated = 0
     with _worker_errors():
         for row in _pipeline(workers, paths, spec, options, stats=True).iter_rows():
+            _raise_error(row)
             block = GaussianStats(int(row["rows"]), np.frombuffer(row["shift"], dtype=np.float64).copy(),
                                   np.frombuffer(row["sum"], dtype=np.float64).copy(),
                                   np.frombuffer(row["outer"], dtype=np.float64).reshape(dim, dim).copy())
@@ -273,14 +285,15 @@ def faiss_builder(workers: int, shard_rows: int = 65536):
 
         if plan.kind == "hnsw":
             return build_faiss(vectors, plan, seed=seed)
-        index = build_faiss(vectors, plan, seed=seed, add=False)
-        trained = ray.put(faiss.serialize_index(index))
+        serialized = faiss.serialize_index(build_faiss(vectors, plan, seed=seed, add=False))
+        index = faiss.deserialize_index(serialized)  # the type the parts come back as: merge_from wants the same
+        trained = ray.put(serialized)
         add = ray.remote(num_cpus=1, max_retries=RESTARTS)(_add_to)
         step = max(1, min(shard_rows, -(-len(vectors) // workers)))
         parts = [add.remote(trained, vectors[start:start + step]) for start in range(0, len(vectors), step)]
         for part in parts:
             shard = faiss.deserialize_index(ray.get(part))
-            index.merge_from(shard, index.ntotal)
+            index.merge_from(shard, 0 if plan.nlist is None else index.ntotal)  # flat rows are numbered by place
         return index
 
     return build
