@@ -62,7 +62,10 @@ def session(command: str, address: str | None = None, workers: int | None = None
     """Connect to the cluster at ``address``, else start a local Ray with ``workers`` CPUs (default:
     all); yield how many encoder actors to run. A Ray already initialised in this process is used
     as it is (and left running)."""
+    import logging
+
     ray = require_ray(command)
+    logging.getLogger("ray.data").setLevel(logging.WARNING)  # not a line per dataset run on stderr
     if workers is not None and workers < 1:
         raise WhitenError(f"--workers must be positive, got {workers}")
     started = False
