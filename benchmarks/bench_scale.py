@@ -113,6 +113,7 @@ def main() -> None:
     parser.add_argument("--lines-1m", type=int, default=1_000_000)
     parser.add_argument("--model-1m", default="tiny", help="model for the 1M-line memory run: tiny (random 32-d BERT) or a model")
     parser.add_argument("--skip-1m", action="store_true")
+    parser.add_argument("--skip-throughput", action="store_true", help="only the start-up and the 1M-line memory run")
     parser.add_argument("--output", type=Path, help="write the figures as JSON")
     args = parser.parse_args()
     results: dict = {"cpu": open("/proc/cpuinfo").read().split("model name")[1].split("\n")[0].strip(": \t"),
@@ -125,7 +126,7 @@ def main() -> None:
         print(f"ray start-up: {results['startup']}", flush=True)
         modes = {"local": ("local", None), "ray, 1 worker": ("ray", 1), "ray, 2 workers": ("ray", 2)}
         walls: dict = {name: [] for name in modes}
-        for round_ in range(args.rounds):
+        for round_ in range(0 if args.skip_throughput else args.rounds):
             for name, (engine, workers) in modes.items():
                 out = tmp / f"out-{round_}-{engine}-{workers}"
                 figures = run(encode_command(shards, out, engine, workers, []))
@@ -133,7 +134,7 @@ def main() -> None:
                 print(f"round {round_ + 1} {name}: {figures['wall_s']:.1f} s, {len(texts) / figures['wall_s']:.0f}/s "
                       f"(load {os.getloadavg()[0]:.1f})", flush=True)
         results["throughput"] = {name: {"sentences": len(texts), "wall_s": statistics.median(w),
-                                        "per_s": len(texts) / statistics.median(w)} for name, w in walls.items()}
+                                        "per_s": len(texts) / statistics.median(w)} for name, w in walls.items() if w}
         if not args.skip_1m:
             model = args.model_1m
             if model == "tiny":
