@@ -227,8 +227,10 @@ def _raise_error(row: dict) -> None:
 
 
 def encode_blocks(paths: list[Path], spec: EncoderSpec, options: dict, workers: int,
-                  progress: Callable[[int, int], None] | None = None) -> Iterator[tuple[Block, np.ndarray]]:
-    """``(block, pooled vectors)`` for every block of ``paths``, in order, encoded on the actor pool."""
+                  progress: Callable[[int, int], None] | None = None,
+                  truncated: Callable[[int], None] | None = None) -> Iterator[tuple[Block, np.ndarray]]:
+    """``(block, pooled vectors)`` for every block of ``paths``, in order, encoded on the actor pool;
+    ``truncated(n)`` hears of the texts a block had cut at max_length."""
     done = 0
     with _worker_errors():
         dataset = _pipeline(workers, paths, spec, options, stats=False)
@@ -238,6 +240,8 @@ def encode_blocks(paths: list[Path], spec: EncoderSpec, options: dict, workers: 
             ids = [str(ident) for ident in row["ids"]]
             block = Block(int(row["shard"]), str(row["source"]), int(row["index"]), [], ids)
             done += len(ids)
+            if truncated and int(row["truncated"]):
+                truncated(int(row["truncated"]))
             if progress:
                 progress(done, done)
             yield block, vectors

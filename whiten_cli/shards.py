@@ -305,8 +305,11 @@ def encoded_blocks(spec: str | os.PathLike[str], encoder, engine: Engine, read_o
     from whiten_cli import engine_ray
 
     with engine_ray.session(command, engine.address, engine.workers) as workers:
+        def count(n: int) -> None:
+            encoder.truncated += n
+
         yield engine_ray.encode_blocks(paths, engine_ray.EncoderSpec.of(encoder, encoder.threads), options, workers,
-                                       progress)
+                                       progress, count)
 
 
 def encode_to_folder(spec: str | os.PathLike[str], output: str | os.PathLike[str], encoder, transform, engine: Engine,
