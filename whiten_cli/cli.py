@@ -95,6 +95,9 @@ NoCacheOpt = Annotated[bool, typer.Option("--no-cache", help="Encode every text 
 CacheDirOpt = Annotated[Optional[Path], typer.Option("--cache-dir", help="Embedding cache folder [default: $WHITEN_CACHE_DIR, else ~/.cache/whiten].")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress on stderr (a bar on a terminal, else a line every 10 s).")]
 BackendOpt = Annotated[Optional[str], typer.Option("--backend", help="torch [default] or onnx: the model as an ONNX graph in onnxruntime (an ONNX-exported pipeline, else the model exported once into the cache folder); --dtype float32 or int8 (lossy). Needs the onnx extra.")]
+EngineOpt = Annotated[str, typer.Option("--engine", help="local (this process) or ray (a Ray cluster: pip install 'whiten[ray]'); same results.")]
+RayAddressOpt = Annotated[Optional[str], typer.Option("--ray-address", help="--engine ray: an existing cluster (HOST:PORT, or auto) [default: start a local Ray].")]
+WorkersOpt = Annotated[Optional[int], typer.Option("--workers", help="--engine ray: encoder actors, one CPU each [default: every CPU of the cluster].")]
 
 
 def _settings(config: str | None, **flags) -> dict:
@@ -203,6 +206,21 @@ def _encoding(settings: dict, device: str, no_cache: bool = False, cache_dir: Pa
             "cache": _cache(no_cache, cache_dir), "threads": threads}
 
 
+def _engine(command: str, name: str, address: str | None, workers: int | None, backend: str | None = None):
+    """The engine asked for; --engine ray without the extra, or with the onnx backend (its actors run
+    torch encoders), fails here, before any work."""
+    from whiten_cli.shards import Engine
+
+    engine = Engine(name, address, workers)
+    if engine.name == "ray":
+        if backend not in (None, "torch"):
+            raise WhitenError(f"--engine ray runs torch encoders; --backend {backend} is for the local engine")
+        from whiten_cli.engine_ray import require_ray
+
+        require_ray(command)
+    return engine
+
+
 def _encoder(settings: dict, device: str, no_cache: bool = False, cache_dir: Path | None = None,
              threads: int | None = None, backend: str | None = None):
     from whiten_cli.encoder import Encoder
@@ -268,25 +286,42 @@ def fit(
     cache_dir: CacheDirOpt = None,
     quiet: QuietOpt = False,
     backend: BackendOpt = None,
+    engine: EngineOpt = "local",
+    ray_address: RayAddressOpt = None,
+    workers: WorkersOpt = None,
 ) -> None:
     """Fit whitening (and an optional JL projection) on a corpus; write a pipeline folder."""
     _verbose(verbose)
-    from whiten_cli.pipeline import FitOptions, check_output_folder, fit_pipeline
+    from whiten_cli.pipeline import FitOptions, check_fit_options, check_output_folder, fit_pipeline, pipeline_from_stats
     from whiten_cli.projection import jl_distortion, jl_min_dim
     from whiten_cli.readers import read_texts
+    from whiten_cli.shards import fit_statistics, is_sharded
 
     s = _settings(config, model=model, pooling=pooling, k=k, beta=beta, gamma=gamma, whiten=whiten, jl_dim=jl_dim,
                   seed=seed, normalize=normalize, max_length=max_length, batch_size=batch_size, dtype=dtype)
     check_output_folder(output)
-    texts = read_texts(corpus, field=field, skip_empty=True)
-    if s["whiten"] and len(texts) < 2:
-        raise InputError(corpus, "1 text; whitening is fitted on at least 2 (a mean and a covariance)")
+    engine_ = _engine("fit", engine, ray_address, workers, backend)
     options = FitOptions(n_components=s.get("k"), beta=s["beta"], gamma=s["gamma"], whiten=s["whiten"],
                          jl_dim=s.get("jl_dim"), seed=s["seed"], normalize=s["normalize"])
-    encoder = _encoder(s, device, no_cache, cache_dir, threads, backend)
-    with _ProgressBar("encoding", quiet) as bar:
-        pipeline = fit_pipeline(texts, encoder, options, progress=bar, info={"corpus": str(corpus)})
-    _report_truncation(encoder, len(texts))
+    if engine_.name == "local" and not is_sharded(corpus):
+        texts = read_texts(corpus, field=field, skip_empty=True)
+        if s["whiten"] and len(texts) < 2:
+            raise InputError(corpus, "1 text; whitening is fitted on at least 2 (a mean and a covariance)")
+        encoder = _encoder(s, device, no_cache, cache_dir, threads, backend)
+        with _ProgressBar("encoding", quiet) as bar:
+            pipeline = fit_pipeline(texts, encoder, options, progress=bar, info={"corpus": str(corpus)})
+        _report_truncation(encoder, len(texts))
+    else:
+        encoder = _encoder(s, device, no_cache, cache_dir, threads, backend)
+        check_fit_options(options, encoder.dim)
+        with _ProgressBar("encoding", quiet) as bar:
+            stats, count, encoder.truncated = fit_statistics(corpus, encoder, engine_, options.whiten,
+                                                             {"field": field}, bar)
+        if s["whiten"] and count < 2:
+            raise InputError(corpus, "1 text; whitening is fitted on at least 2 (a mean and a covariance)")
+        _report_truncation(encoder, count)
+        pipeline = pipeline_from_stats(stats, encoder, options, count, {"corpus": str(corpus)})
+        texts = range(count)  # only counted below
     with writing(output):
         pipeline.save(output)
     stages = [f"{pipeline.model} ({pipeline.pooling} pooling, {pipeline.input_dim}d)"]
@@ -307,8 +342,8 @@ def fit(
 
 @app.command()
 def encode(
-    input: Annotated[Path, typer.Argument(help="Texts to encode: .txt (one a line), .jsonl, .csv or .tsv.")],
-    output: Annotated[Path, typer.Option("--output", "-o", help=".npy file to write (float32, row i = text i).")],
+    input: Annotated[Path, typer.Argument(help="Texts to encode: .txt (one a line), .jsonl, .csv, .tsv, or a folder or quoted glob of shards (also .parquet).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help=".npy file to write (float32, row i = text i); for a folder or glob of shards, or -o DIR (no suffix), a folder of .npy shards with manifest.json.")],
     pipeline_dir: Annotated[Optional[Path], typer.Option("--pipeline", help="Pipeline folder from `whiten fit`.")] = None,
     raw_output: Annotated[Optional[Path], typer.Option("--raw-output", help="Also write the pooled vectors before the pipeline.")] = None,
     model: ModelOpt = None,
@@ -326,13 +361,26 @@ def encode(
     cache_dir: CacheDirOpt = None,
     quiet: QuietOpt = False,
     backend: BackendOpt = None,
+    engine: EngineOpt = "local",
+    ray_address: RayAddressOpt = None,
+    workers: WorkersOpt = None,
 ) -> None:
     """Encode texts to vectors (.npy): raw pooled vectors, or through a fitted pipeline."""
     _verbose(verbose)
     from whiten_cli.readers import read_texts
+    from whiten_cli.shards import encode_matrix, encode_to_folder, shard_paths, wants_folder
 
-    _check_npy_outputs(output, raw_output)
-    texts = read_texts(input, field=field, skip_empty=skip_empty)
+    engine_ = _engine("encode", engine, ray_address, workers, backend)
+    folder = wants_folder(input, output)
+    if folder:
+        if raw_output is not None:
+            raise WhitenError("--raw-output: only with a single .npy output")
+        if output.suffix == ".npy":
+            raise WhitenError(f"{output}: a folder of vector shards is written for sharded input; name a folder")
+        shard_paths(input)  # an empty glob fails before the model loads
+    else:
+        _check_npy_outputs(output, raw_output)
+    texts = read_texts(input, field=field, skip_empty=skip_empty) if not folder and engine_.name == "local" else None
     s = _settings(config, model=model, pooling=pooling, max_length=max_length, batch_size=batch_size, dtype=dtype)
     if pipeline_dir is not None:
         from whiten_cli.pipeline import Pipeline
@@ -347,10 +395,23 @@ def encode(
     else:
         pipe = None
         encoder = _encoder(s, device, no_cache, cache_dir, threads, backend)
+    transform = pipe.transform if pipe is not None else (lambda raw: raw)
+    read_options = {"field": field, "skip_empty": skip_empty}
+    if folder:
+        info = {"model": encoder.source.name, "model_fingerprint": encoder.source.fingerprint, "pooling": encoder.pooling,
+                "pipeline": str(pipeline_dir) if pipe is not None else None, "engine": engine_.name}
+        with _ProgressBar("encoding", quiet) as bar, writing(output):
+            manifest = encode_to_folder(input, output, encoder, transform, engine_, read_options, info, bar)
+        typer.echo(f"wrote {manifest['count']} vectors of dimension {manifest['dim']} to {output} "
+                   f"({len(manifest['parts'])} shards)")
+        return
     with _ProgressBar("encoding", quiet) as bar:
-        raw = encoder.encode(texts, progress=bar)
-    _report_truncation(encoder, len(texts))
-    vectors = pipe.transform(raw) if pipe is not None else raw
+        if texts is None:
+            _, raw = encode_matrix(input, encoder, engine_, read_options, "encode", bar)
+        else:
+            raw = encoder.encode(texts, progress=bar)
+    _report_truncation(encoder, len(raw))
+    vectors = transform(raw)
     _save_vectors(output, vectors, raw_output, raw)
     typer.echo(f"wrote {vectors.shape[0]} vectors of dimension {vectors.shape[1]} to {output}")
 
@@ -555,6 +616,7 @@ def _load_vectors(path: Path, rows: int, dim: int, what: str):
 
 @app.command("index")
 def index_(
+    ctx: typer.Context,
     corpus: Annotated[Path, typer.Argument(help="Documents: .txt (one a line), .jsonl, .csv or .tsv. Ids come from --id-field or an id/_id/doc_id field; without one, documents are numbered 1, 2, ... in index order.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Index folder to write (with --append: to extend).")],
     pipeline_dir: Annotated[Optional[Path], typer.Option("--pipeline", help="Pipeline folder from `whiten fit` (needed for a new index; with --append it must be the index's own).")] = None,
@@ -566,7 +628,7 @@ def index_(
     hnsw_m: Annotated[Optional[int], typer.Option("--hnsw-m", help="hnsw: links per vector [default: 32].")] = None,
     nprobe: Annotated[Optional[int], typer.Option("--nprobe", help="IVF lists visited per query, stored in the index [default: tuned to recall@10 ≥ 0.95 against exact search].")] = None,
     ef: Annotated[Optional[int], typer.Option("--ef", help="HNSW efSearch, stored in the index [default: tuned to recall@10 ≥ 0.95 against exact search].")] = None,
-    vectors: Annotated[Optional[Path], typer.Option("--vectors", help="Precomputed pipeline vectors (.npy from `whiten encode --pipeline`), row i = text i of CORPUS.")] = None,
+    vectors: Annotated[Optional[Path], typer.Option("--vectors", help="Precomputed pipeline vectors (.npy, or a folder of shards, from `whiten encode --pipeline`), row i = text i of CORPUS.")] = None,
     raw_vectors: Annotated[Optional[Path], typer.Option("--raw-vectors", help="Precomputed pooled vectors (.npy from `whiten encode` without --pipeline, or --raw-output); the pipeline is applied.")] = None,
     field: FieldOpt = None,
     id_field: Annotated[Optional[str], typer.Option("--id-field", help="JSONL field or CSV/TSV column with the document id [default: id/_id/doc_id when present].")] = None,
@@ -582,17 +644,21 @@ def index_(
     quiet: QuietOpt = False,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the IVF/PQ training sample and k-means.")] = 0,
     backend: Annotated[Optional[str], typer.Option("--backend", help="torch or onnx (the ONNX graph is stored in the index, so that search and --append run without torch) [default: torch; with --append the index's own].")] = None,
+    engine: EngineOpt = "local",
+    ray_address: RayAddressOpt = None,
+    workers: WorkersOpt = None,
 ) -> None:
     """Encode a corpus through a pipeline and build a FAISS index folder (or --append to one)."""
     _verbose(verbose)
     from whiten_cli import index as ix
     from whiten_cli.pipeline import Pipeline
-    from whiten_cli.readers import read_records
+    from whiten_cli.shards import encode_matrix, load_vector_folder, read_all_records
 
     if vectors is not None and raw_vectors is not None:
         raise WhitenError("give --vectors or --raw-vectors, not both")
+    engine_ = _engine("index", engine, ray_address, workers, backend)
     budget = ix.parse_size(max_memory) if max_memory is not None else None
-    records = read_records(corpus, field=field, id_field=id_field, skip_empty=skip_empty)
+    records = read_all_records(corpus, field=field, id_field=id_field, skip_empty=skip_empty)
     if append:
         fixed = [flag for flag, value in (("--kind", kind), ("--max-memory", max_memory), ("--nlist", nlist),
                                           ("--pq-m", pq_m), ("--hnsw-m", hnsw_m), ("--nprobe", nprobe), ("--ef", ef))
@@ -613,7 +679,15 @@ def index_(
         ix.plan_index(kind or "auto", len(records), pipe.output_dim, max_memory=budget, nlist=nlist, pq_m=pq_m,
                       hnsw_m=hnsw_m)  # fail before encoding
         docs = ix.records_to_documents(records, corpus)
-    if vectors is not None:
+    ray_workers = None
+    if engine_.name == "ray":  # Ray runs until the command returns
+        from whiten_cli.engine_ray import session
+
+        ray_workers = ctx.with_resource(session("index", engine_.address, engine_.workers))
+    if vectors is not None and vectors.is_dir():
+        matrix = load_vector_folder(vectors, [record.id for record in records] if id_field is None else None,
+                                    pipe.output_dim)
+    elif vectors is not None:
         matrix = _load_vectors(vectors, len(records), pipe.output_dim, "pipeline vectors")
     elif raw_vectors is not None:
         matrix = pipe.transform(_load_vectors(raw_vectors, len(records), pipe.input_dim, "pooled vectors"))
@@ -622,7 +696,10 @@ def index_(
         encoder = _pipeline_encoder(pipe, graph, model, _encoding(s, device, no_cache, cache_dir, threads), backend,
                                     cache_dir)
         with _ProgressBar("encoding", quiet) as bar:
-            raw = encoder.encode([record.text for record in records], progress=bar)
+            if engine_.name == "ray":
+                _, raw = encode_matrix(corpus, encoder, engine_, {"field": field, "skip_empty": skip_empty}, "index", bar)
+            else:
+                raw = encoder.encode([record.text for record in records], progress=bar)
         _report_truncation(encoder, len(records))
         matrix = pipe.transform(raw)
     if append:
@@ -630,8 +707,13 @@ def index_(
             appended = ix.append_records(output, matrix, records, corpus, pipe)
         typer.echo(f"added {len(docs)} documents to {output} ({len(appended)} in all, {appended.factory})")
         return
+    builder = ix.build_faiss
+    if ray_workers is not None:
+        from whiten_cli.engine_ray import faiss_builder
+
+        builder = faiss_builder(ray_workers)
     built = ix.VectorIndex.build(matrix, docs, pipe, kind=kind or "auto", max_memory=budget, nlist=nlist, pq_m=pq_m,
-                                 hnsw_m=hnsw_m, nprobe=nprobe, ef=ef, seed=seed)
+                                 hnsw_m=hnsw_m, nprobe=nprobe, ef=ef, seed=seed, builder=builder)
     built.onnx_graph = getattr(encoder, "folder", None) if vectors is None and raw_vectors is None else None
     typer.echo(f"index {built.factory}: {built.metadata['reason']}")
     if (output / ix.METADATA_FILE).is_file():

@@ -31,11 +31,12 @@ def normalized(vectors: np.ndarray) -> np.ndarray:
 
 
 def build_faiss(vectors: np.ndarray, plan: IndexPlan, *, seed: int = 0, centroids: np.ndarray | None = None,
-                timings: dict | None = None):
+                timings: dict | None = None, add: bool = True):
     """A trained FAISS index of ``plan`` holding ``vectors`` (already L2-normalized, float32).
 
     ``centroids`` (nlist, dim) reuses the coarse k-means of another IVF index of the same vectors
     instead of training it again. ``timings``, when given, receives ``train_s`` and ``add_s``.
+    ``add=False`` returns it trained but empty (for vectors added elsewhere and merged).
     """
     import time
 
@@ -66,6 +67,8 @@ def build_faiss(vectors: np.ndarray, plan: IndexPlan, *, seed: int = 0, centroid
         index.train(sample)
         if timings is not None:
             timings["train_s"] = time.perf_counter() - start
+    if not add:
+        return index
     start = time.perf_counter()
     index.add(vectors)
     if timings is not None:

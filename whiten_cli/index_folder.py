@@ -97,13 +97,15 @@ class VectorIndex:
         ef: int | None = None,
         tune: bool = True,
         seed: int = 0,
+        builder=build_faiss,
     ) -> VectorIndex:
         """Index ``vectors`` (rows = ``docs``; output of ``pipeline``) with a FAISS index of ``kind``.
 
         ``docs`` are texts (ids 1, 2, ... by position) or :class:`Document` objects with their own
         ids, which must be unique. ``nprobe``/``ef`` set the search defaults stored with the index;
         unset, an approximate index is tuned (:func:`tune_search`) to recall@10 ≥ 0.95 against
-        exact search, or uses nlist/8 and 128 when ``tune`` is false.
+        exact search, or uses nlist/8 and 128 when ``tune`` is false. ``builder`` builds the FAISS
+        index (:func:`build_faiss`, or the Ray engine's parallel one).
         """
         x = _check_vectors(vectors, pipeline.output_dim)
         docs = documents(docs)
@@ -112,7 +114,7 @@ class VectorIndex:
         _check_unique([doc.id for doc in docs])
         plan = plan_index(kind, len(x), x.shape[1], max_memory=max_memory, nlist=nlist, pq_m=pq_m, hnsw_m=hnsw_m)
         _check_knobs(nprobe, ef)
-        faiss_index = build_faiss(x, plan, seed=seed)
+        faiss_index = builder(x, plan, seed=seed)
         search = {"nprobe": nprobe or plan.default_nprobe, "ef": ef or plan.default_ef}
         reason = plan.reason
         tuning = None

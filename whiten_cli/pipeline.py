@@ -401,12 +401,9 @@ def fit_pipeline(
     fixed amount of memory (its texts aside).
     """
     from whiten_cli.stats import GaussianStats
-    from whiten_cli.whitening import Eigenbasis
 
-    if options.n_components is not None and not 1 <= options.n_components <= encoder.dim:
-        raise ParameterError("n_components", f"must be between 1 and the model's dimension {encoder.dim}, "
-                                             f"got {options.n_components}")
-    whitening = eigenvalues = eigenvectors = None
+    check_fit_options(options, encoder.dim)
+    stats = None
     if options.whiten:
         stats = GaussianStats.empty(encoder.dim)
         done = 0
@@ -418,6 +415,24 @@ def fit_pipeline(
             done += len(chunk)
             if progress:
                 progress(done, len(texts))
+    return pipeline_from_stats(stats, encoder, options, len(texts), info)
+
+
+def check_fit_options(options: FitOptions, dim: int) -> None:
+    """Refuse options that cannot be fitted on vectors of ``dim``, before anything is encoded (the rest
+    :class:`FitOptions` checks when made)."""
+    if options.n_components is not None and not 1 <= options.n_components <= dim:
+        raise ParameterError("n_components", f"must be between 1 and the model's dimension {dim}, "
+                                             f"got {options.n_components}")
+
+
+def pipeline_from_stats(stats, encoder, options: FitOptions, count: int, info: dict | None = None) -> Pipeline:
+    """The pipeline of ``options`` from the corpus's statistics (None without whitening), however they
+    were gathered (one process, or blocks merged); ``encoder`` says which model, pooling and dtype."""
+    from whiten_cli.whitening import Eigenbasis
+
+    whitening = eigenvalues = eigenvectors = None
+    if options.whiten:
         basis = Eigenbasis.fit(stats)
         whitening = basis.whitening(options.n_components, options.beta, options.gamma)
         eigenvalues, eigenvectors = basis.eigenvalues, basis.eigenvectors
@@ -436,7 +451,7 @@ def fit_pipeline(
         normalize=options.normalize,
         eigenvalues=eigenvalues,
         eigenvectors=eigenvectors,
-        info={"fitted_on": len(texts), "dtype": encoder.dtype, **(info or {})},
+        info={"fitted_on": count, "dtype": encoder.dtype, **(info or {})},
         model_path=str(encoder.source.path),
         model_revision=encoder.source.revision,
         model_hub_id=encoder.source.hub_id,
