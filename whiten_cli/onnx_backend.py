@@ -24,8 +24,8 @@ import numpy as np
 
 from whiten_cli.encoder import DEFAULT_BATCH_SIZE, Encoder, ModelSource, _batches, check_pooling
 from whiten_cli.errors import WhitenError
-from whiten_cli.onnx_export import (GRAPH_FILE, INT8_FILE, SENTENCE_EMBEDDING, TOKENIZER_FILE, missing_extra,
-                                    quantize_int8, read_metadata)
+from whiten_cli.onnx_export import (GRAPH_FILE, INT8_FILE, INT8_SCHEME, SENTENCE_EMBEDDING, TOKENIZER_FILE,
+                                    missing_extra, quantize_int8, read_metadata)
 
 BACKENDS = ("torch", "onnx")
 ONNX_DTYPES = ("auto", "float32", "int8")
@@ -119,7 +119,8 @@ def _derived_int8(folder: Path, metadata: dict) -> Path:
     """An int8 graph quantized from this folder's float32 one, kept in the cache folder by the graph's hash."""
     from whiten_cli.cache import default_cache_dir
 
-    target = default_cache_dir() / "onnx" / f"int8-{metadata.get('graph_sha256', _short_hash(str(folder)))}" / INT8_FILE
+    graph = metadata.get("graph_sha256", _short_hash(str(folder)))
+    target = default_cache_dir() / "onnx" / f"int8-{graph}-{_short_hash(INT8_SCHEME)[:8]}" / INT8_FILE
     if not target.is_file():
         quantize_int8(folder / GRAPH_FILE, target)
     return target
@@ -179,8 +180,9 @@ class OnnxEncoder(Encoder):
 
     def cache_namespace(self, pooling: str) -> str:
         meta = self.runner.metadata
+        dtype = f"{self.dtype}:{INT8_SCHEME}" if self.dtype == "int8" else self.dtype
         return "\x1f".join((self.source.fingerprint, "onnx", str(meta.get("graph_sha256")), pooling,
-                            str(meta.get("model_chain")), str(self.max_length), self.dtype, *_runtime_versions()))
+                            str(meta.get("model_chain")), str(self.max_length), dtype, *_runtime_versions()))
 
     def _encode_distinct(self, texts: list[str], poolings: Sequence[str], progress, done: int, total: int):
         ids, cut = self.runner.tokenize(texts)

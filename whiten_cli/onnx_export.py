@@ -32,6 +32,10 @@ FORMAT = "whiten-onnx"
 FORMAT_VERSION = 1
 GRAPH_FILE = "model.onnx"
 INT8_FILE = "model.int8.onnx"
+# Dynamic int8 with per-channel weight scales and 7-bit weights (reduce_range: no saturation in the
+# u8×s8 products of CPUs without VNNI). Per-tensor 8-bit scales measured STS-B test 81.69 (float32
+# 82.03, least cosine 0.82) on all-MiniLM-L6-v2; this scheme 81.93 (least cosine 0.96), same speed.
+INT8_SCHEME = "qint8-per-channel-reduce-range"
 METADATA_FILE = "onnx.json"
 TOKENIZER_FILE = "tokenizer.json"
 OPSET = 18
@@ -88,6 +92,7 @@ def export_onnx(pipeline, out_dir: Path, *, quantize: str | None = None, model: 
         report["files"].append(INT8_FILE)
         report["int8"] = compare_graphs(out_dir, list(quality_texts or _PROBE_TEXTS))
         report["int8"]["size_bytes"] = (out_dir / INT8_FILE).stat().st_size
+        report["int8"]["scheme"] = INT8_SCHEME
     return report
 
 
@@ -125,7 +130,8 @@ def quantize_int8(source: Path, target: Path) -> None:
     quiet = logging.getLogger().level
     logging.getLogger().setLevel(logging.ERROR)  # the quantizer logs advice at WARNING on the root logger
     try:
-        atomic_write(target, lambda tmp: quantize_dynamic(str(source), str(tmp), weight_type=QuantType.QInt8))
+        atomic_write(target, lambda tmp: quantize_dynamic(str(source), str(tmp), weight_type=QuantType.QInt8,
+                                                          per_channel=True, reduce_range=True))
     finally:
         logging.getLogger().setLevel(quiet)
 
