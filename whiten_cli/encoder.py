@@ -452,23 +452,30 @@ class Encoder:
         import torch
 
         ids, cut = self._tokenize_ids(texts)
-        lengths = np.fromiter((len(seq) for seq in ids), dtype=np.int64, count=len(ids))
-        order = np.argsort(-lengths, kind="stable")
-        outputs = {pooling: np.empty((len(texts), self.dim_of(pooling)), dtype=np.float32) for pooling in poolings}
         model = self._model
         if self.threads is not None and torch.get_num_threads() != self.threads:
             torch.set_num_threads(self.threads)
         with torch.inference_mode():
-            for rows in _batches(lengths[order], self.batch_size, self.max_tokens):
-                rows = order[rows]
-                pooled = self._forward([ids[i] for i in rows], poolings, model)
-                for pooling, vectors in pooled.items():
-                    outputs[pooling][rows] = vectors
-                done += len(rows)
-                self.encoded += len(rows)
-                if progress:
-                    progress(done, total)
+            outputs = self._run_by_length(ids, poolings, lambda batch: self._forward(batch, poolings, model),
+                                          progress, done, total)
         return outputs, cut
+
+    def _run_by_length(self, ids: list[list[int]], poolings: Sequence[str], forward, progress, done: int,
+                       total: int) -> dict[str, np.ndarray]:
+        """``forward(batch of token ids) -> {pooling: vectors}`` over ``ids`` in batches of similar
+        length (longest first), the rows put back in input order."""
+        lengths = np.fromiter((len(seq) for seq in ids), dtype=np.int64, count=len(ids))
+        order = np.argsort(-lengths, kind="stable")
+        outputs = {pooling: np.empty((len(ids), self.dim_of(pooling)), dtype=np.float32) for pooling in poolings}
+        for rows in _batches(lengths[order], self.batch_size, self.max_tokens):
+            rows = order[rows]
+            for pooling, vectors in forward([ids[i] for i in rows]).items():
+                outputs[pooling][rows] = vectors
+            done += len(rows)
+            self.encoded += len(rows)
+            if progress:
+                progress(done, total)
+        return outputs
 
     @property
     def max_tokens(self) -> int:

@@ -186,18 +186,9 @@ class OnnxEncoder(Encoder):
 
     def _encode_distinct(self, texts: list[str], poolings: Sequence[str], progress, done: int, total: int):
         ids, cut = self.runner.tokenize(texts)
-        lengths = np.fromiter((len(seq) for seq in ids), dtype=np.int64, count=len(ids))
-        order = np.argsort(-lengths, kind="stable")
         names = [self.runner.metadata["outputs"][pooling] for pooling in poolings]
-        outputs = {pooling: np.empty((len(texts), self.dim_of(pooling)), dtype=np.float32) for pooling in poolings}
-        for rows in _batches(lengths[order], self.batch_size, self.max_tokens):
-            rows = order[rows]
-            for pooling, vectors in zip(poolings, self.runner.run([ids[i] for i in rows], names)):
-                outputs[pooling][rows] = vectors
-            done += len(rows)
-            self.encoded += len(rows)
-            if progress:
-                progress(done, total)
+        outputs = self._run_by_length(ids, poolings, lambda batch: dict(zip(poolings, self.runner.run(batch, names))),
+                                      progress, done, total)
         return outputs, cut
 
 
