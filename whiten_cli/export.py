@@ -28,6 +28,7 @@ import numpy as np
 from whiten_cli import __version__
 from whiten_cli.errors import ParameterError, WhitenError
 from whiten_cli.pipeline import Pipeline
+from whiten_cli.st_folder import read_json, read_model_pooling
 
 FORMATS = ("sentence-transformers", "onnx", "faiss")
 METADATA_FILE = "whiten_export.json"
@@ -167,10 +168,9 @@ def _layer_pooling(pipeline: Pipeline, source) -> tuple[int, list[float]] | None
                           f"with --pooling cls or last-avg, or export it with --format faiss")
     if pipeline.pooling not in ("first-last-avg", "last2avg"):
         return None
-    from whiten_cli.st_folder import read_model_pooling
 
     chain = read_model_pooling(source.path)
-    config = _read_json(source.path / (chain.transformer_subfolder if chain else "") / "config.json")
+    config = read_json(source.path / (chain.transformer_subfolder if chain else "") / "config.json")
     layers = config.get("num_hidden_layers")
     if not isinstance(layers, int) or isinstance(layers, bool) or layers < 1:
         raise WhitenError(f"{source.path}: config.json has no num_hidden_layers; {pipeline.pooling} pooling cannot "
@@ -184,19 +184,18 @@ def _layer_pooling(pipeline: Pipeline, source) -> tuple[int, list[float]] | None
 
 def _write_sentence_transformers(pipeline: Pipeline, source, folder: Path, link_model: bool,
                                  layers: tuple[int, list[float]] | None) -> dict:
-    from whiten_cli.st_folder import read_model_pooling
 
     chain = read_model_pooling(source.path)
     transformer = source.path / (chain.transformer_subfolder if chain else "")
     copied, linked = _copy_transformer(transformer, folder, link_model)
-    config = _read_json(transformer / "config.json")
+    config = read_json(transformer / "config.json")
     if layers is not None:  # the Transformer module passes all_layer_embeddings on when the model outputs them
         config["output_hidden_states"] = True
     _write_json(folder / "config.json", config)
-    settings = _read_json(transformer / "sentence_bert_config.json", missing_ok=True) if chain else {}
+    settings = read_json(transformer / "sentence_bert_config.json", missing_ok=True) if chain else {}
     settings.update(max_seq_length=pipeline.max_length, do_lower_case=bool(chain and chain.do_lower_case))
     _write_json(folder / "sentence_bert_config.json", settings)
-    st_config = _read_json(source.path / "config_sentence_transformers.json", missing_ok=True) if chain else {}
+    st_config = read_json(source.path / "config_sentence_transformers.json", missing_ok=True) if chain else {}
     _write_json(folder / "config_sentence_transformers.json", {**st_config, "similarity_fn_name": "cosine"})
 
     modules = [{"path": "", "type": _LEGACY + "Transformer"}]
@@ -219,7 +218,7 @@ def _write_sentence_transformers(pipeline: Pipeline, source, folder: Path, link_
 
     hidden = int(config.get("hidden_size", pipeline.input_dim))
     if pipeline.pooling == "model":
-        for module in _read_json(source.path / "modules.json", list_ok=True)[1:]:  # after the Transformer
+        for module in read_json(source.path / "modules.json", expect=list)[1:]:  # after the Transformer
             add(str(module["type"]).rsplit(".", 1)[-1], None, type_path=str(module["type"]),
                 copy_from=source.path / module.get("path", ""))
     else:
@@ -274,18 +273,6 @@ def _copy_transformer(transformer: Path, folder: Path, link: bool) -> tuple[int,
             shutil.copyfile(file, folder / name)
             copied += 1
     return copied, linked
-
-
-def _read_json(file: Path, *, missing_ok: bool = False, list_ok: bool = False):
-    if missing_ok and not file.exists():
-        return {}
-    try:
-        value = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise WhitenError(f"{file}: unreadable ({exc})") from None
-    if not isinstance(value, list if list_ok else dict):
-        raise WhitenError(f"{file}: unreadable (not a JSON {'list' if list_ok else 'object'})")
-    return value
 
 
 def _write_json(file: Path, value) -> None:

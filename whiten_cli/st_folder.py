@@ -205,17 +205,22 @@ def _module_kind(path: Path, type_path: str) -> str:
     return type_path.rsplit(".", 1)[-1]
 
 
-def _read_config(folder: Path, name: str = "config.json", missing_ok: bool = False) -> dict:
-    file = folder / name
+def read_json(file: Path, *, missing_ok: bool = False, expect: type = dict):
+    """A model folder's JSON file, which must hold an ``expect`` (dict or list); a missing file is
+    empty with ``missing_ok``, anything unreadable one error naming the file."""
     if missing_ok and not file.exists():
-        return {}
+        return expect()
     try:
-        config = json.loads(file.read_text(encoding="utf-8"))
+        value = json.loads(file.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise WhitenError(f"{file}: unreadable sentence-transformers configuration ({exc})") from None
-    if not isinstance(config, dict):
-        raise WhitenError(f"{file}: unreadable sentence-transformers configuration (not a JSON object)")
-    return config
+        raise WhitenError(f"{file}: unreadable model configuration ({exc})") from None
+    if not isinstance(value, expect):
+        raise WhitenError(f"{file}: unreadable model configuration (not a JSON {'object' if expect is dict else 'list'})")
+    return value
+
+
+def _read_config(folder: Path, name: str = "config.json", missing_ok: bool = False) -> dict:
+    return read_json(folder / name, missing_ok=missing_ok)
 
 
 def _positive_int(config: dict, key: str, folder: Path) -> int:
