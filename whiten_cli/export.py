@@ -168,7 +168,6 @@ def _layer_pooling(pipeline: Pipeline, source) -> tuple[int, list[float]] | None
                           f"with --pooling cls or last-avg, or export it with --format faiss")
     if pipeline.pooling not in ("first-last-avg", "last2avg"):
         return None
-
     chain = read_model_pooling(source.path)
     config = read_json(source.path / (chain.transformer_subfolder if chain else "") / "config.json")
     layers = config.get("num_hidden_layers")
@@ -184,7 +183,6 @@ def _layer_pooling(pipeline: Pipeline, source) -> tuple[int, list[float]] | None
 
 def _write_sentence_transformers(pipeline: Pipeline, source, folder: Path, link_model: bool,
                                  layers: tuple[int, list[float]] | None) -> dict:
-
     chain = read_model_pooling(source.path)
     transformer = source.path / (chain.transformer_subfolder if chain else "")
     copied, linked = _copy_transformer(transformer, folder, link_model)
