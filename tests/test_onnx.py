@@ -160,6 +160,7 @@ def test_int8_backend_is_close(tiny_model, corpus, graphs, tmp_path):
         ok("encode", corpus, "-o", tmp_path / f"{dtype}.npy", "--model", tiny_model, "--backend", "onnx",
            "--dtype", dtype, "--cache-dir", graphs, "--no-cache")
     assert least_cosine(np.load(tmp_path / "float32.npy"), np.load(tmp_path / "int8.npy")) > 0.9
+    assert list(Path(graphs).glob("onnx/int8-*/model.int8.onnx")), "the int8 graph goes under --cache-dir too"
 
 
 NO_TORCH = """

@@ -41,7 +41,7 @@ class GraphRunner:
     """One graph folder in onnxruntime, with its tokenizer."""
 
     def __init__(self, folder: str | os.PathLike[str], *, int8: bool = False, threads: int | None = None,
-                 max_length: int | None = None):
+                 max_length: int | None = None, graphs_dir: str | os.PathLike[str] | None = None):
         missing_extra("--backend onnx", ("onnxruntime", "tokenizers"))
         import onnxruntime
         import tokenizers
@@ -53,7 +53,7 @@ class GraphRunner:
         if int8:
             graph = self.folder / INT8_FILE
             if not graph.is_file():
-                graph = _derived_int8(self.folder, self.metadata)
+                graph = _derived_int8(self.folder, self.metadata, graphs_dir)
         options = onnxruntime.SessionOptions()
         options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = threads or os.cpu_count() or 1
@@ -115,12 +115,13 @@ def _truncation_side(folder: Path) -> str:
     return side if side in ("left", "right") else "right"
 
 
-def _derived_int8(folder: Path, metadata: dict) -> Path:
-    """An int8 graph quantized from this folder's float32 one, kept in the cache folder by the graph's hash."""
+def _derived_int8(folder: Path, metadata: dict, graphs_dir: str | os.PathLike[str] | None = None) -> Path:
+    """An int8 graph quantized from this folder's float32 one, kept in the cache folder (``graphs_dir``,
+    else the default one) by the graph's hash and the quantization scheme."""
     from whiten_cli.cache import default_cache_dir
 
     graph = metadata.get("graph_sha256", _short_hash(str(folder)))
-    target = default_cache_dir() / "onnx" / f"int8-{graph}-{_short_hash(INT8_SCHEME)[:8]}" / INT8_FILE
+    target = Path(graphs_dir or default_cache_dir()) / "onnx" / f"int8-{graph}-{_short_hash(INT8_SCHEME)[:8]}" / INT8_FILE
     if not target.is_file():
         quantize_int8(folder / GRAPH_FILE, target)
     return target
@@ -137,7 +138,8 @@ class OnnxEncoder(Encoder):
 
     def __init__(self, folder: str | os.PathLike[str], *, pooling: str | None = None, max_length: int | None = None,
                  batch_size: int = DEFAULT_BATCH_SIZE, dtype: str = "float32", cache=None,
-                 threads: int | None = None, source: ModelSource | None = None):
+                 threads: int | None = None, source: ModelSource | None = None,
+                 graphs_dir: str | os.PathLike[str] | None = None):
         if dtype not in ONNX_DTYPES:
             raise WhitenError(f"--dtype {dtype} is not available with --backend onnx (float32 or int8)")
         if max_length is not None and max_length < 2:
@@ -147,7 +149,8 @@ class OnnxEncoder(Encoder):
         if threads is not None and threads < 1:
             raise WhitenError(f"--threads must be positive, got {threads}")
         self.dtype = "int8" if dtype == "int8" else "float32"
-        self.runner = GraphRunner(folder, int8=self.dtype == "int8", threads=threads, max_length=max_length)
+        self.runner = GraphRunner(folder, int8=self.dtype == "int8", threads=threads, max_length=max_length,
+                                  graphs_dir=graphs_dir)
         self.folder = self.runner.folder
         meta = self.runner.metadata
         self.source = source or ModelSource(name=meta["model"]["name"], path=Path(meta["model"].get("path", folder)),
@@ -237,7 +240,7 @@ def model_encoder(encoder: Encoder, *, batch_size: int = DEFAULT_BATCH_SIZE, dty
         with atomic_directory(folder) as tmp:
             export_raw(encoder, tmp)
     return OnnxEncoder(folder, pooling=encoder.pooling, max_length=encoder.max_length, batch_size=batch_size,
-                       dtype=dtype, cache=cache, threads=threads, source=encoder.source)
+                       dtype=dtype, cache=cache, threads=threads, source=encoder.source, graphs_dir=cache_dir)
 
 
 def pipeline_encoder(pipeline, folder: str | os.PathLike[str] | None = None, model: str | None = None, *,
@@ -249,7 +252,8 @@ def pipeline_encoder(pipeline, folder: str | os.PathLike[str] | None = None, mod
     options = {"batch_size": batch_size, "dtype": dtype, "cache": cache, "threads": threads}
     if is_graph_folder(folder) and model is None:
         check_graph(folder, pipeline)
-        return OnnxEncoder(folder, pooling=pipeline.pooling, max_length=pipeline.max_length, **options)
+        return OnnxEncoder(folder, pooling=pipeline.pooling, max_length=pipeline.max_length, graphs_dir=cache_dir,
+                           **options)
     return model_encoder(pipeline.encoder(model, dtype="float32"), cache_dir=cache_dir, **options)
 
 
