@@ -122,3 +122,21 @@ def test_a_lock_is_reentrant_within_a_thread(tmp_path):
             (tmp / "a").write_text("2")
             (tmp / "b").write_text("2")
     assert version_at(target) == "2"
+
+
+@pytest.mark.parametrize("where", ["folder", "under-a-file", "deep-under-a-file"])
+def test_a_file_name_that_cannot_be_written_is_refused_before_writing(tmp_path, where):
+    blocker = tmp_path / "blocker"
+    blocker.write_text("")
+    target = {"folder": tmp_path, "under-a-file": blocker / "out.npy",
+              "deep-under-a-file": blocker / "a" / "b" / "out.npy"}[where]
+    with pytest.raises(storage.WhitenError) as error:
+        storage.atomic_write(target, lambda tmp: tmp.write_text("x"))
+    assert str(target) in str(error.value)
+    assert ("is a folder" if where == "folder" else f"{blocker} is a file, not a folder") in str(error.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["blocker"] and blocker.read_text() == ""
+
+
+def test_missing_folders_of_a_file_name_are_made(tmp_path):
+    target = storage.atomic_write(tmp_path / "a" / "b" / "out.txt", lambda tmp: tmp.write_text("x"))
+    assert target.read_text() == "x"

@@ -214,7 +214,8 @@ def test_plot_and_table(tiny_model, dev_file, tmp_path):
 # --- bad input -----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("case", ["two-pairs", "constant", "max-dim-0", "max-dim-high", "one-sentence", "empty"])
+@pytest.mark.parametrize("case", ["two-pairs", "constant", "max-dim-0", "max-dim-high", "one-sentence", "empty",
+                                  "plot-under-a-file"])
 def test_bad_input_is_one_line_and_writes_nothing(tiny_model, dev_file, sentences, tmp_path, case):
     dev, extra, fragments = dev_file, [], []
     if case == "two-pairs":
@@ -230,6 +231,10 @@ def test_bad_input_is_one_line_and_writes_nothing(tiny_model, dev_file, sentence
     elif case == "one-sentence":
         corpus = write(tmp_path / "one.txt", "a single sentence\n\n")
         extra, fragments = ["--fit-on", corpus], [str(corpus), "1 distinct text; a fit corpus needs at least 2"]
+    elif case == "plot-under-a-file":  # found before the tune runs, not after the pipeline is written
+        pytest.importorskip("matplotlib")
+        blocker = write(tmp_path / "notafolder", "")
+        extra, fragments = ["--plot", blocker / "tune.png"], [str(blocker / "tune.png"), f"{blocker} is a file"]
     else:
         corpus = write(tmp_path / "empty.txt", "")
         extra, fragments = ["--fit-on", corpus], [str(corpus)]

@@ -21,6 +21,7 @@ except ImportError:  # older typer: click itself
     from click import ClickException
 
 from whiten_cli.errors import InputError, ParameterError, WhitenError, describe_fault, one_line, writing
+from whiten_cli.storage import check_file_target
 
 # The library's errors name Python parameters; the command line names the flag that sets each one.
 _FLAGS = {"n_components": "-k/--dim", "k": "-k", "jl_dim": "--jl-dim", "max_length": "--max-length",
@@ -421,8 +422,7 @@ def _check_npy_outputs(output: Path, raw_output: Path | None) -> None:
     for path in filter(None, (output, raw_output)):
         if path.suffix != ".npy":
             raise WhitenError(f"{path}: the output must be a .npy file")
-        if path.is_dir():
-            raise WhitenError(f"{path}: is a folder; give a file name to write")
+        check_file_target(path)
     if raw_output is not None and (
         output.resolve() == raw_output.resolve()
         or (output.exists() and raw_output.exists() and output.samefile(raw_output))
@@ -505,6 +505,7 @@ def eval_(
         raise WhitenError(f"--metric must be spearman or pearson, got {metric!r}")
     if plot is not None:
         pyplot()  # fail before encoding if matplotlib is missing
+        check_file_target(plot)
     s = _settings(config, model=model, beta=beta, max_length=max_length, batch_size=batch_size, dtype=dtype)
     poolings = [check_pooling(p) for p in _split_list(pooling)]
     loaded = [load_dataset(spec) for spec in datasets]
@@ -863,6 +864,7 @@ def tune(
     check_output_folder(output)
     if plot is not None:
         pyplot()
+        check_file_target(plot)
     s = _settings(None, model=model, max_length=max_length, batch_size=batch_size, dtype=dtype)
     datasets = [load_dataset(spec) for spec in dev]
     check_dev(datasets)

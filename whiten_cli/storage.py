@@ -69,11 +69,22 @@ def _fsync_tree(folder: Path) -> None:
         _fsync(Path(root))
 
 
-def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None]) -> Path:
-    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it into place."""
+def check_file_target(path: str | os.PathLike[str]) -> None:
+    """Refuse, before any work, a file name that cannot be written: a folder, or under a file."""
     target = Path(path)
     if target.is_dir():
         raise WhitenError(f"{target}: is a folder; give a file name to write")
+    for parent in target.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise WhitenError(f"{target}: cannot be written: {parent} is a file, not a folder")
+            return
+
+
+def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None]) -> Path:
+    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it into place."""
+    target = Path(path)
+    check_file_target(target)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
