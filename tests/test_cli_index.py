@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from whiten_cli import index as ix
 from whiten_cli.cli import app
+from whiten_cli.errors import WhitenError
 from whiten_cli.pipeline import Pipeline
 from whiten_cli.stats import GaussianStats
 from whiten_cli.whitening import Whitening
@@ -199,6 +200,31 @@ def test_append_adds_documents_without_reencoding(built, tmp_path):
     assert json.loads((folder / "index.json").read_text())["count"] == 10
 
 
+def test_append_reads_the_index_vectors_once(built, tmp_path, monkeypatch):
+    """The checks before encoding read the folder's metadata and ids, not its FAISS file: holding a
+    copy while the locked append loads the latest one doubled the memory an append needs."""
+    import faiss
+
+    folder, _ = built
+    reads = []
+    read_index = faiss.read_index
+    monkeypatch.setattr(faiss, "read_index", lambda *args: reads.append(args[0]) or read_index(*args))
+    result = run("index", write(tmp_path / "more.txt", "One more.\n"), "-o", folder, "--append")
+    assert result.exit_code == 0, result.output
+    assert reads == [str(folder / "index.faiss")]
+
+
+def test_a_header_is_checked_like_the_index(built):
+    folder, pipe = built
+    header = ix.read_header(folder)
+    assert len(header) == 6 and header.ids == frozenset(map(str, range(1, 7)))
+    assert header.pipeline.output_dim == Pipeline.load(pipe).output_dim
+    meta = json.loads((folder / "index.json").read_text())
+    (folder / "index.json").write_text(json.dumps({**meta, "count": 7}))  # one more than docs.jsonl holds
+    with pytest.raises(WhitenError, match="files disagree"):
+        ix.read_header(folder)
+
+
 def test_append_refuses_build_options(built, tmp_path):
     folder, _ = built
     more = write(tmp_path / "more.txt", "One more.\n")
@@ -362,6 +388,7 @@ import sys, time
 from pathlib import Path
 import numpy as np
 from whiten_cli.cli import app
+from whiten_cli.errors import WhitenError
 
 folder, go, name, rounds, dim = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
 work = folder.parent / f"work-{name}"

@@ -310,9 +310,11 @@ def test_load_refuses_damaged_files(saved, tmp_path):
     folder, _ = saved
     with pytest.raises(WhitenError, match="does not exist"):
         VectorIndex.load(tmp_path / "nowhere")
-    (folder / ix.DOCS_FILE).write_bytes((folder / ix.DOCS_FILE).read_bytes()[:-10])
+    docs = (folder / ix.DOCS_FILE).read_bytes()
+    (folder / ix.DOCS_FILE).write_bytes(docs[:-10])
     with pytest.raises(WhitenError, match="the files do not match"):
         VectorIndex.load(folder)
+    (folder / ix.DOCS_FILE).write_bytes(docs)
     (folder / ix.INDEX_FILE).write_bytes(b"not faiss")
     with pytest.raises(WhitenError, match="FAISS"):
         VectorIndex.load(folder)

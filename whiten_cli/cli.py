@@ -666,12 +666,12 @@ def index_(
                  if value is not None]
         if fixed:
             raise WhitenError(f"{', '.join(fixed)}: set when an index is built; --append keeps the index's own")
-        existing = ix.VectorIndex.load(output)
+        existing = ix.read_header(output)  # the index itself is loaded once, under the lock, to append
         pipe, graph = existing.pipeline, existing.onnx_graph
         backend = backend or ("onnx" if graph is not None else "torch")
         if pipeline_dir is not None:
             ix.check_pipeline(existing.metadata, Pipeline.load(pipeline_dir), str(pipeline_dir), output)
-        docs = ix.records_to_documents(records, corpus, start=len(existing), existing_ids=existing.ids())
+        docs = ix.records_to_documents(records, corpus, start=len(existing), existing_ids=existing.ids)
     else:
         if pipeline_dir is None:
             raise WhitenError("--pipeline is needed to build an index (or pass --append to extend one)")

@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ from whiten_cli.index_docs import (DOCS_FILE, OFFSETS_FILE, Document, Hit, _doc_
                                   records_to_documents)
 from whiten_cli.index_faiss import build_faiss, faiss_search, normalized, tune_search
 from whiten_cli.index_plan import KINDS, plan_index
-from whiten_cli.storage import atomic_directory, locked, reads_one_version
+from whiten_cli.storage import atomic_directory, locked, reading, reads_one_version
 
 FORMAT = "whiten-index"
 FORMAT_VERSION = 1
@@ -163,30 +164,20 @@ class VectorIndex:
         """
         import faiss
 
-        from whiten_cli.pipeline import Pipeline
-
         folder = Path(path)
-        if not folder.is_dir():
-            raise WhitenError(f"{folder}: index folder does not exist (build one with `whiten index`)")
-        for name in REQUIRED:
-            if not (folder / name).exists():
-                raise WhitenError(f"{folder}: not a complete index folder ({name} is missing)")
-        metadata = read_metadata(folder)
-        pipeline = Pipeline.load(folder / PIPELINE_DIR)
-        check_pipeline(metadata, pipeline, f"{folder / PIPELINE_DIR}", folder)
+        metadata, pipeline, stored, graph = _open_parts(folder)
         try:
             faiss_index = faiss.read_index(str(folder / INDEX_FILE))
         except RuntimeError as exc:
+            stored.close()
             reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unreadable"
             raise WhitenError(f"{folder / INDEX_FILE}: not a readable FAISS index ({reason})") from None
-        stored = _DocFile(folder)
         if not faiss_index.ntotal == len(stored) == metadata["count"] or faiss_index.d != metadata["dim"]:
             stored.close()
             raise WhitenError(f"{folder}: files disagree ({faiss_index.ntotal} vectors of dimension {faiss_index.d}, "
                               f"{len(stored)} documents, metadata says {metadata['count']} of {metadata['dim']})")
         index = cls(faiss_index, pipeline, metadata, stored=stored)
-        if (folder / ONNX_DIR).is_dir():
-            index.onnx_graph = folder / ONNX_DIR
+        index.onnx_graph = graph
         return index
 
     # -- properties
@@ -337,6 +328,52 @@ class VectorIndex:
         if k < 1:
             raise ParameterError("k", f"must be at least 1, got {k}")
         return self.search(self.encode(texts), k, **options)
+
+
+def _open_parts(folder: Path):
+    """index.json, the pipeline and the document file of an index folder, checked; not its vectors."""
+    from whiten_cli.pipeline import Pipeline
+
+    if not folder.is_dir():
+        raise WhitenError(f"{folder}: index folder does not exist (build one with `whiten index`)")
+    for name in REQUIRED:
+        if not (folder / name).exists():
+            raise WhitenError(f"{folder}: not a complete index folder ({name} is missing)")
+    metadata = read_metadata(folder)
+    pipeline = Pipeline.load(folder / PIPELINE_DIR)
+    check_pipeline(metadata, pipeline, f"{folder / PIPELINE_DIR}", folder)
+    graph = folder / ONNX_DIR if (folder / ONNX_DIR).is_dir() else None
+    return metadata, pipeline, _DocFile(folder), graph
+
+
+@dataclass(frozen=True)
+class IndexHeader:
+    """An index folder's metadata, pipeline, ONNX graph and document ids, without its vectors: what an
+    append checks and encodes with before it loads the index itself (once, under the lock)."""
+
+    folder: Path
+    metadata: dict
+    pipeline: object
+    onnx_graph: Path | None
+    ids: frozenset[str]
+
+    def __len__(self) -> int:
+        return int(self.metadata["count"])
+
+
+def read_header(path: str | os.PathLike[str]) -> IndexHeader:
+    """The :class:`IndexHeader` of the index at ``path`` (its FAISS file is not read)."""
+    folder = Path(path)
+    with reading(folder):
+        metadata, pipeline, stored, graph = _open_parts(folder)
+        try:
+            if len(stored) != metadata["count"]:
+                raise WhitenError(f"{folder}: files disagree ({len(stored)} documents, metadata says "
+                                  f"{metadata['count']})")
+            ids = frozenset(stored.ids())
+        finally:
+            stored.close()
+    return IndexHeader(folder, metadata, pipeline, graph, ids)
 
 
 def append_to_index(path: str | os.PathLike[str], vectors: np.ndarray, docs: Sequence[str | Document], *,
