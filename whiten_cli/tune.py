@@ -503,13 +503,14 @@ def tune(
                       fitted_best > best_raw, max_dim, dim, resamples, seed, fits, [d.name for d in dev])
 
 
-def build_pipeline(result: TuneResult, encoder):
-    """The chosen candidate as a pipeline folder's content, with the tune record in its info."""
+def build_pipeline(result: TuneResult, encoder, candidate: Candidate | None = None):
+    """The chosen candidate (or another scored one) as a pipeline folder's content, with the tune
+    record in its info."""
     from whiten_cli.pipeline import Pipeline
     from whiten_cli.projection import RandomProjection
     from whiten_cli.whitening import Whitening
 
-    candidate = result.chosen.candidate
+    candidate = result.chosen.candidate if candidate is None else candidate
     dim = encoder.dim_of(candidate.pooling)
     whitening = projection = fit = None
     if candidate.family == "jl":
