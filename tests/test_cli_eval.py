@@ -144,3 +144,13 @@ def test_plot_without_matplotlib_is_a_one_line_error(tiny_model, pairs_file, tmp
     assert result.exit_code == 2
     assert "--plot needs matplotlib" in output and "Traceback" not in output
     assert not (tmp_path / "r.png").exists()
+
+
+@pytest.mark.parametrize("flag", ["--output", "--plot"])
+def test_an_output_that_cannot_be_written_is_refused_before_the_model_loads(pairs_file, tmp_path, flag):
+    if flag == "--plot":
+        pytest.importorskip("matplotlib")
+    blocker = write(tmp_path / "notafolder", "")
+    result, output = run(pairs_file, "--model", tmp_path / "no-model-here", flag, blocker / "r.out")
+    assert result.exit_code == 2 and "Traceback" not in output
+    assert f"{blocker / 'r.out'}: cannot be written: {blocker} is a file, not a folder" in output

@@ -505,7 +505,8 @@ def eval_(
         raise WhitenError(f"--metric must be spearman or pearson, got {metric!r}")
     if plot is not None:
         pyplot()  # fail before encoding if matplotlib is missing
-        check_file_target(plot)
+    for target in filter(None, (output, plot)):
+        check_file_target(target)
     s = _settings(config, model=model, beta=beta, max_length=max_length, batch_size=batch_size, dtype=dtype)
     poolings = [check_pooling(p) for p in _split_list(pooling)]
     loaded = [load_dataset(spec) for spec in datasets]
