@@ -172,3 +172,27 @@ def test_an_unscored_split_is_named_as_such(tmp_path):
 def test_stsb_named_csv_with_a_header_is_read_by_its_header(tmp_path):
     path = write(tmp_path / "sts-test.csv", 'sentence1,sentence2,score\n"Hello, world",Hi,4.5\na,b,1\n')
     assert load_dataset(str(path)).subsets[0].sentences1 == ["Hello, world", "a"]
+
+
+@pytest.mark.parametrize(
+    "files, message",
+    [
+        # a gold header in a gold file as long as the input: line 1 is a score that is not a number
+        ({"STS.input.x.txt": "a\tb\nc\td\n", "STS.gs.x.txt": "score\n1\n"}, r"STS\.gs\.x\.txt:1: score 'score'"),
+        # a scored line past the input's end is not a trailing blank
+        ({"STS.input.x.txt": "a\tb\n\n", "STS.gs.x.txt": "1\n\n2\n"}, r"STS\.gs\.x\.txt:2: 3 gold lines for the 1 lines"),
+        ({"STS.input.x.txt.gz": gzip.compress(b"a\tb\n")}, r"STS\.gs\.x\.txt\.gz: no such file"),
+    ],
+)
+def test_malformed_sts_files_name_file_and_line(tmp_path, files, message):
+    for name, content in files.items():
+        write(tmp_path / name, content)
+    with pytest.raises(InputError, match=message):
+        load_dataset(str(tmp_path))
+
+
+def test_two_release_folders_inside_one_are_refused(tmp_path):
+    write_year(tmp_path / "STS16" / "a", 16, official=False)
+    write_year(tmp_path / "STS16" / "b", 16, official=True)
+    with pytest.raises(WhitenError, match=r"STS16: STS data in several folders \(a, b\); name one"):
+        load_dataset(str(tmp_path / "STS16"))
