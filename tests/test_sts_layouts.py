@@ -196,3 +196,23 @@ def test_two_release_folders_inside_one_are_refused(tmp_path):
     write_year(tmp_path / "STS16" / "b", 16, official=True)
     with pytest.raises(WhitenError, match=r"STS16: STS data in several folders \(a, b\); name one"):
         load_dataset(str(tmp_path / "STS16"))
+
+
+def test_parquet_pairs_as_on_the_hugging_face_hub(tmp_path):
+    pq = pytest.importorskip("pyarrow.parquet")
+    import pyarrow
+
+    path = tmp_path / "test-00000-of-00001.parquet"
+    pq.write_table(pyarrow.table({"sentence1": ["a", "c"], "sentence2": ["b", "d"], "score": [0.84, 0.2]}), path)
+    subset = load_dataset(str(path)).subsets[0]
+    assert (subset.sentences1, subset.scores.tolist()) == (["a", "c"], [0.84, 0.2])
+    pq.write_table(pyarrow.table({"sentence1": ["a", "c"], "sentence2": ["b", None], "score": [1, 2]}), path)
+    with pytest.raises(InputError, match=r"parquet:2: sentence1 and sentence2 must be strings"):
+        load_dataset(str(path))
+
+
+def test_parquet_without_pyarrow_names_the_extra(tmp_path, monkeypatch):
+    monkeypatch.setitem(__import__("sys").modules, "pyarrow.parquet", None)
+    path = write(tmp_path / "test.parquet", b"PAR1")
+    with pytest.raises(WhitenError, match=r"test\.parquet: parquet pair files need the ray extra .*whiten\[ray\]"):
+        load_dataset(str(path))

@@ -7,7 +7,7 @@ has a ``pair_ID`` header, Chinese sets are ``s1 \\t s2 \\t label`` with no heade
 ``STS2016.input.X.txt`` with ``STS2016.gs.X.txt`` (the official 2016 release) line by line: the
 input's first two tab-separated columns are the sentences (2016 adds two source columns, ignored),
 and an empty gold line marks a pair that was not scored. Tables with a header (GLUE's STS-B tsv,
-Hugging Face and MTEB csv/jsonl) are read by their column names. Any file may be gzip-compressed.
+Hugging Face and MTEB csv/jsonl/parquet) are read by their column names. Any file may be gzip-compressed.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from whiten_cli.errors import InputError, WhitenError
+from whiten_cli.errors import InputError, WhitenError, one_line
 from whiten_cli.readers import format_suffix, iter_json_objects, iter_lines
 
 ENV_VAR = "WHITEN_STS_DIR"
@@ -222,6 +222,8 @@ def _load_file(path: Path, name: str) -> PairSet:
     """Parse ``path``, its format told by its name or, failing that, by its first line."""
     if STS_INPUT.fullmatch(path.name):
         return _load_senteval(path, name)
+    if path.suffix.lower() == ".parquet":
+        return _load_parquet(path, name)
     lines = list(iter_lines(path))
     if not lines:
         raise InputError(path, "empty file, no sentence pairs", 1)
@@ -322,8 +324,28 @@ def _load_header_table(path: Path, name: str, lines: Lines, delimiter: str) -> P
 
 
 def _load_jsonl(path: Path, name: str, lines: Lines) -> PairSet:
+    return _load_objects(path, name, iter_json_objects(path, lines), lines)
+
+
+def _load_parquet(path: Path, name: str) -> PairSet:
+    """A parquet table (Hugging Face's and MTEB's files on the hub); errors name the row."""
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise WhitenError(f"{path}: parquet pair files need the ray extra (pyarrow): pip install 'whiten[ray]'") from None
+    try:
+        rows = pq.read_table(path).to_pylist()
+    except Exception as exc:  # pyarrow raises several types for a damaged file
+        raise InputError(path, f"not a readable parquet file ({one_line(str(exc))})") from None
+    if not rows:
+        raise InputError(path, "no sentence pairs")
+    return _load_objects(path, name, enumerate(rows, start=1), [])
+
+
+def _load_objects(path: Path, name: str, rows, lines: Lines) -> PairSet:
+    """Pairs from ``(line or row number, object)``: JSON lines, parquet rows."""
     pairs = []
-    for number, row in iter_json_objects(path, lines):
+    for number, row in rows:
         sentences = _sentence_columns(row)
         if sentences is None:
             raise InputError(path, "no fields 'sentence1' and 'sentence2' (nor 'sentence_A' and 'sentence_B')", number)
