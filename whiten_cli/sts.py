@@ -162,7 +162,8 @@ def _load_named(key: str) -> Dataset:
         for folder in filter(None, (_child(base, name) for name in named.folders)):
             if not named.files and folder.is_dir():
                 return Dataset(key, _load_senteval_folder(folder))
-            for target in filter(None, (_file(folder, name) for name in named.files)):
+            target = next(filter(None, (_file(folder, name) for name in named.files)), None)
+            if target is not None:
                 return Dataset(key, [_load_file(target, key)])
     wanted = [f"{folder}/{name}" for folder in named.folders for name in named.files] or [
         f"{folder}/" for folder in named.folders]
