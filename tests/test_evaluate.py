@@ -2,7 +2,9 @@ import numpy as np
 import pytest
 
 from whiten_cli.errors import WhitenError
-from whiten_cli.evaluate import Score, aggregate, cosine_similarity_pairs, pearson, rankdata, score_pairs, spearman
+from whiten_cli.evaluate import (
+    Score, aggregate, cosine_similarity_pairs, pearson, rankdata, score_dataset, score_pairs, spearman,
+)
 
 
 def test_rankdata_averages_ties():
@@ -61,3 +63,43 @@ def test_aggregate_names_each_figure():
     assert aggregate(scores, None) == {"mean": 70.0, "wmean": 65.0}
     with pytest.raises(WhitenError):
         aggregate({}, None)
+
+
+def test_spearman_matches_scipy_with_ties():
+    """Average ranks for ties, as scipy.stats.spearmanr: 0/1 labels (ATEC, BQ, LCQMC, PAWSX) and
+    integer scores (STS-B-zh) tie heavily."""
+    stats = pytest.importorskip("scipy.stats")
+    from hypothesis import given, settings, strategies as st
+
+    values = st.one_of(st.integers(0, 1), st.integers(0, 5), st.floats(-1, 1, allow_nan=False))
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.lists(st.tuples(values, values), min_size=2, max_size=60))
+    def check(pairs):
+        x, y = (np.array(column, dtype=np.float64) for column in zip(*pairs))
+        if np.ptp(x) == 0 or np.ptp(y) == 0:
+            return  # no correlation defined: an error here (test_correlation_rejects_degenerate_input)
+        assert spearman(x, y) == pytest.approx(stats.spearmanr(x, y).statistic, abs=1e-9)
+        assert pearson(x, y) == pytest.approx(stats.pearsonr(x, y).statistic, abs=1e-9)
+
+    check()
+
+
+def test_vectors_with_nan_are_refused_not_scored_as_orthogonal():
+    u = np.array([[1.0, 0.0], [np.nan, 1.0], [1.0, 1.0]])
+    v = np.array([[1.0, 0.0], [1.0, 1.0], [1.0, np.inf]])
+    with pytest.raises(WhitenError, match="2 of 3 pairs have a vector with NaN or infinite values"):
+        cosine_similarity_pairs(u, v)
+
+
+def test_zero_vectors_score_as_cosine_zero_and_are_reported():
+    from whiten_cli.sts import Dataset, PairSet
+
+    pairs = PairSet("set", ["a", "b", "c", "d"], ["e", "f", "g", "h"], np.array([4.0, 3.0, 2.0, 1.0]))
+    dataset = Dataset("set", [pairs])
+    u = np.array([[1.0, 0.0], [1.0, 0.1], [0.0, 0.0], [0.0, 1.0]])
+    v = np.array([[1.0, 0.0], [1.0, 0.0], [1.0, 0.0], [1.0, 0.0]])
+    with pytest.warns(UserWarning, match=r"set: 1 of 4 pairs have a zero vector; their cosine is taken as 0"):
+        scores = score_dataset(dataset, np.concatenate([u, v]))
+    # cosines 1, 0.995, 0 (zero vector), 0: the tie between the last two is averaged
+    assert scores["set"].spearman == pytest.approx(100 * spearman([1, 0.995, 0, 0], [4, 3, 2, 1]))

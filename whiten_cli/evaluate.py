@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,11 +41,14 @@ def _paired(a: ArrayLike, b: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
 def pearson(a: ArrayLike, b: ArrayLike) -> float:
     """Pearson's r in [-1, 1]; constant input has no correlation and is an error."""
     x, y = _paired(a, b)
+    if np.ptp(x) == 0 or np.ptp(y) == 0:
+        raise WhitenError("cannot correlate a constant sequence")
     x = x - x.mean()
     y = y - y.mean()
+    # scaled to at most 1 first, so that the sums of squares of tiny (or huge) values stay in range
+    x /= np.abs(x).max()
+    y /= np.abs(y).max()
     denominator = np.sqrt((x @ x) * (y @ y))
-    if denominator == 0:
-        raise WhitenError("cannot correlate a constant sequence")
     return float(np.clip((x @ y) / denominator, -1.0, 1.0))
 
 
@@ -55,14 +59,24 @@ def spearman(a: ArrayLike, b: ArrayLike) -> float:
 
 
 def cosine_similarity_pairs(u: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """Cosine of each row of ``u`` with the same row of ``v``, in float64; a zero vector gives 0."""
+    """Cosine of each row of ``u`` with the same row of ``v``, in float64; a zero vector gives 0
+    (count them with :func:`zero_vector_pairs`), a NaN or infinite value is an error."""
     u = np.asarray(u, dtype=np.float64)
     v = np.asarray(v, dtype=np.float64)
     if u.ndim != 2 or u.shape != v.shape:
         raise WhitenError(f"expected two (n, d) arrays of one shape, got {u.shape} and {v.shape}")
+    broken = ~(np.isfinite(u).all(axis=1) & np.isfinite(v).all(axis=1))
+    if broken.any():
+        raise WhitenError(f"{int(broken.sum())} of {len(u)} pairs have a vector with NaN or infinite values "
+                          f"(first: pair {int(np.argmax(broken)) + 1}); they have no cosine")
     norms = np.linalg.norm(u, axis=1) * np.linalg.norm(v, axis=1)
     dots = np.einsum("ij,ij->i", u, v)
     return np.divide(dots, norms, out=np.zeros_like(dots), where=norms > 0)
+
+
+def zero_vector_pairs(u: np.ndarray, v: np.ndarray) -> int:
+    """How many pairs have a zero vector on either side: their cosine is taken as 0."""
+    return int(np.count_nonzero(~(np.any(u, axis=1) & np.any(v, axis=1))))
 
 
 @dataclass(frozen=True)
@@ -172,6 +186,10 @@ def score_dataset(dataset, vectors: np.ndarray) -> dict[str, Score]:
             scores[subset.name] = score_pairs(u, v, subset.scores)
         except WhitenError as exc:
             raise WhitenError(f"{_where(dataset, subset)}: {exc}") from None
+        zeros = zero_vector_pairs(u, v)
+        if zeros:
+            warnings.warn(f"{_where(dataset, subset)}: {zeros} of {len(subset)} pairs have a zero vector; "
+                          "their cosine is taken as 0", stacklevel=2)
     if len(dataset.subsets) == 1:
         return scores
     pooled = score_pairs(
