@@ -65,6 +65,8 @@ def test_chinese_data(tmp_path):
     [
         ("pairs.csv", 'id,sentence1,sentence2,score\n1,"Hello, world",Hi,4.5\n2,a,b,1\n'),
         ("pairs.tsv", 'sentence2\tlabel\tsentence1\nHi\t4.5\tHello, world\nb\t1\ta\n'),
+        ("pairs.tsv", 'Hello, world\tHi\t4.5\na\tb\t1\n'),  # no header: sentence1, sentence2, score
+        ("pairs.txt", 'Hello, world\tHi\t4.5\n\na\tb\t1\n'),
         ("pairs.jsonl", '{"sentence1": "Hello, world", "sentence2": "Hi", "score": 4.5}\n\n'
                         '{"sentence1": "a", "sentence2": "b", "label": "1"}\n'),
     ],
@@ -189,6 +191,8 @@ def test_unknown_spec_and_unknown_format(tmp_path):
         load_dataset(str(tmp_path))
     with pytest.raises(InputError, match=r"notes\.txt:1: unknown format"):
         load_dataset(str(write(tmp_path / "notes.txt", "just some text\n")))
+    with pytest.raises(InputError, match=r"pairs\.tsv:2: .*3"):  # headerless rows: each needs its 3 columns
+        load_dataset(str(write(tmp_path / "pairs.tsv", "a\tb\t1\nc\td\n")))
 
 
 def test_sts_dir_looks_beside_the_working_folder(tmp_path, monkeypatch):

@@ -236,7 +236,8 @@ def _load_file(path: Path, name: str) -> PairSet:
     header = next(csv.reader([first])) if delimiter == "," else first.split(delimiter)
     if _sentence_columns([column.strip() for column in header]) is not None:
         return _load_header_table(path, name, lines, delimiter)
-    if suffix == ".data":
+    if suffix == ".data" or (delimiter == "\t" and len(header) == 3 and _is_number(header[2])):
+        # sentence1 <tab> sentence2 <tab> score, no header: the Chinese sets' .data, and what users write
         rows = _split_rows(path, lines, 3)
         return _pair_set(path, name, lines, [(number, row[0], row[1], row[2]) for number, row in rows])
     if (path.name.lower().startswith("sts-") and suffix == ".csv") or _looks_like_stsb(first):
