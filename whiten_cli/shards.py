@@ -228,7 +228,7 @@ def iter_vector_parts(folder: str | os.PathLike[str]) -> Iterator[tuple[list[str
         path = folder / str(part.get("vectors"))
         try:
             vectors = np.load(path, mmap_mode="r", allow_pickle=False)
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, EOFError) as exc:  # EOFError: an empty file
             raise InputError(path, f"not a .npy array file ({exc})") from None
         if vectors.ndim != 2 or vectors.shape[1] != dim:
             raise InputError(path, f"vectors of shape {vectors.shape}, but the other shards have dimension {dim}")
