@@ -68,15 +68,22 @@ def iter_lines(path: str | os.PathLike[str]) -> Iterator[tuple[int, str]]:
     number = 0
     try:
         with handle:
-            for number, raw in enumerate(handle, start=1):
-                yield number, _decoded(path, raw, number)
+            for number, line in decoded_lines(path, handle):
+                yield number, line
     except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
         raise InputError(path, f"not a readable gzip file ({exc or 'cut short'})", number + 1) from None
     except OSError as exc:  # a read that fails midway (an I/O error, a file that cannot be read as a stream)
         raise InputError(path, f"cannot be read ({exc.strerror or exc})", number + 1) from None
 
 
-def _decoded(path: Path, raw: bytes, number: int) -> str:
+def decoded_lines(name: str | os.PathLike[str], handle) -> Iterator[tuple[int, str]]:
+    """``(line_number, line)`` of a binary stream (stdin), checked and decoded as :func:`iter_lines`
+    does; errors name ``name``."""
+    for number, raw in enumerate(handle, start=1):
+        yield number, _decoded(name, raw, number)
+
+
+def _decoded(path: str | os.PathLike[str], raw: bytes, number: int) -> str:
     if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
         raw = raw[3:]
     if number == 1 and raw.startswith((b"\xff\xfe", b"\xfe\xff")):
