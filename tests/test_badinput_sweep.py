@@ -205,3 +205,20 @@ def test_vector_folder_with_an_empty_shard_names_it(tiny_model, tmp_path):
     result = run("index", shards / "part0.txt", "--pipeline", pipe, "-o", tmp_path / "index", "--vectors", vectors, "-q")
     assert_one_line_error(result, str(shard), "not a .npy array file")
     assert_nothing_written(tmp_path / "index")
+
+
+@pytest.mark.parametrize("flag, value", [("--gamma", "2"), ("--gamma", "nan"), ("--beta", "-1")])
+def test_eval_checks_beta_and_gamma_before_the_model(tmp_path, flag, value):
+    """They were checked when the first variant was fitted, after every sentence was encoded: here the
+    missing model shows which comes first."""
+    pairs = write(tmp_path / "pairs.tsv", "sentence1\tsentence2\tscore\na\tb\t1\nc\td\t2\n")
+    result = run("eval", pairs, "-m", tmp_path / "no-model", flag, value)
+    assert_one_line_error(result, f"{flag} must be in [0, 1]")
+
+
+def test_fit_on_texts_that_do_not_vary_names_the_corpus(tiny_model, tmp_path):
+    same = write(tmp_path / "same.txt", "the cat sings\n" * 10)
+    out = tmp_path / "pipe"
+    result = run("fit", same, "-o", out, "-m", tiny_model, "--no-cache", "-q")
+    assert_one_line_error(result, f"{same}: the vectors do not vary")
+    assert_nothing_written(out)

@@ -19,7 +19,7 @@ import numpy as np
 
 from whiten_cli import __version__
 from whiten_cli.encoder import POOLINGS
-from whiten_cli.errors import ParameterError, WhitenError
+from whiten_cli.errors import InputError, ParameterError, WhitenError
 from whiten_cli.projection import RandomProjection
 from whiten_cli.storage import atomic_directory, reads_one_version
 from whiten_cli.whitening import Whitening
@@ -444,7 +444,14 @@ def pipeline_from_stats(stats, encoder, options: FitOptions, count: int, info: d
     whitening = eigenvalues = eigenvectors = None
     if options.whiten:
         basis = Eigenbasis.fit(stats)
-        whitening = basis.whitening(options.n_components, options.beta, options.gamma)
+        try:
+            whitening = basis.whitening(options.n_components, options.beta, options.gamma)
+        except ParameterError:
+            raise
+        except WhitenError as exc:  # the corpus cannot be whitened (its vectors do not vary): name it
+            if not (info or {}).get("corpus"):
+                raise
+            raise InputError(info["corpus"], str(exc)) from None
         eigenvalues, eigenvectors = basis.eigenvalues, basis.eigenvectors
     projection = None
     if options.jl_dim is not None:
