@@ -222,3 +222,26 @@ def test_fit_on_texts_that_do_not_vary_names_the_corpus(tiny_model, tmp_path):
     result = run("fit", same, "-o", out, "-m", tiny_model, "--no-cache", "-q")
     assert_one_line_error(result, f"{same}: the vectors do not vary")
     assert_nothing_written(out)
+
+
+def test_tune_plot_refuses_to_write_over_the_dev_pairs(tiny_model, tmp_path):
+    sentences = sample_sentences(24)
+    rows = "".join(f"{a}\t{b}\t{i % 5}\n" for i, (a, b) in enumerate(zip(sentences[:12], sentences[12:])))
+    pairs = write(tmp_path / "dev.tsv", "sentence1\tsentence2\tscore\n" + rows)
+    before = pairs.read_bytes()
+    result = run("tune", pairs, "-o", tmp_path / "pipe", "-m", tiny_model, "--resamples", 10, "--plot", pairs)
+    assert_one_line_error(result, str(pairs), "also an input")
+    assert pairs.read_bytes() == before
+
+
+@pytest.mark.parametrize("target", ["input", "other"])
+def test_encode_shards_never_replace_a_folder_that_is_not_a_vector_folder(tiny_model, tmp_path, target):
+    """`encode shards/ -o shards/` swapped the vector folder in over the input texts, deleting them."""
+    shards = tmp_path / "shards"
+    for part in range(2):
+        write(shards / f"part{part}.txt", "\n".join(sample_sentences(4, seed=part)) + "\n")
+    output = shards if target == "input" else write(tmp_path / "notes" / "keep.txt", "mine\n").parent
+    kept = sorted(p.name for p in output.iterdir())
+    result = run("encode", shards, "-o", output, "-m", tiny_model, "-p", "cls", "--no-cache", "-q")
+    assert_one_line_error(result, str(output), "not a vector folder")
+    assert sorted(p.name for p in output.iterdir()) == kept

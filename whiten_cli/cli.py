@@ -368,7 +368,7 @@ def encode(
     """Encode texts to vectors (.npy): raw pooled vectors, or through a fitted pipeline."""
     _verbose(verbose)
     from whiten_cli.readers import read_texts
-    from whiten_cli.shards import encode_matrix, encode_to_folder, shard_paths, wants_folder
+    from whiten_cli.shards import check_vector_folder_target, encode_matrix, encode_to_folder, shard_paths, wants_folder
     from whiten_cli.storage import check_not_an_input
 
     engine_ = _engine("encode", engine, ray_address, workers, backend)
@@ -379,6 +379,7 @@ def encode(
         if output.suffix == ".npy":
             raise WhitenError(f"{output}: a folder of vector shards is written for sharded input; name a folder")
         shard_paths(input)  # an empty glob fails before the model loads
+        check_vector_folder_target(output)
     else:
         _check_npy_outputs(output, raw_output)
         check_not_an_input(output, [input])
@@ -864,6 +865,7 @@ def tune(
     from whiten_cli.encoder import check_pooling
     from whiten_cli.evaluate import pyplot
     from whiten_cli.pipeline import check_output_folder
+    from whiten_cli.storage import check_not_an_input
     from whiten_cli.sts import load_dataset
     from whiten_cli.tune import TARGET, Corpus, build_pipeline, check_dev, corpus_texts, plot_tune
     from whiten_cli.tune import tune as run_tune
@@ -875,6 +877,7 @@ def tune(
         pyplot()
     s = _settings(None, model=model, max_length=max_length, batch_size=batch_size, dtype=dtype)
     datasets = [load_dataset(spec) for spec in dev]
+    check_not_an_input(plot, [subset.path for dataset in datasets for subset in dataset.subsets])
     check_dev(datasets)
     dev_sentences = [text for dataset in datasets for text in dataset.sentences]
     corpora = [Corpus(TARGET, dev_sentences) if spec == TARGET else corpus_texts(spec, field)
