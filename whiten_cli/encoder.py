@@ -640,13 +640,13 @@ _POSITIONS_AFTER_PADDING = frozenset({"roberta", "xlm-roberta", "camembert", "mp
 def _position_limit(folder: Path) -> int | None:
     """The most tokens a text can have for the model's position embeddings (a longer one fails deep
     inside the forward pass), or None when config.json does not say."""
-    limit = _config_int(folder / "config.json", "max_position_embeddings")
-    if limit is None:
-        return None
     try:
         config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return limit
+        return None
+    limit = config.get("max_position_embeddings") if isinstance(config, dict) else None
+    if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
+        return None
     if config.get("model_type") in _POSITIONS_AFTER_PADDING:
         pad = config.get("pad_token_id")
         limit -= (pad if isinstance(pad, int) and not isinstance(pad, bool) and pad >= 0 else 1) + 1
