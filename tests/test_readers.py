@@ -1,3 +1,5 @@
+import os
+
 import pytest
 
 from conftest import write
@@ -264,3 +266,34 @@ def test_gzip_cut_short_or_fake_is_named(tmp_path):
     fake = write(tmp_path / "fake.txt.gz", "plain text\n")
     with pytest.raises(InputError, match=r"fake.txt.gz:1: not a readable gzip file"):
         read_texts(fake)
+
+
+@pytest.mark.parametrize("name, header", [("n.txt", b""), ("n.jsonl", b""), ("n.csv", b"text\n"), ("n.tsv", b"text\n")])
+def test_nul_byte_names_file_line_and_column(tmp_path, name, header):
+    good = b'{"text": "ok"}\n' if name.endswith("jsonl") else b"ok\n"
+    bad = b'{"text": "a\x00b"}\n' if name.endswith("jsonl") else b"a\x00b\n"
+    path = write(tmp_path / name, header + good + bad)
+    line = 3 if header else 2
+    with pytest.raises(InputError, match=rf"{path.name}:{line}: a NUL byte at column {bad.index(0) + 1}"):
+        read_texts(path)
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-be"])
+def test_utf16_with_byte_order_mark_is_named(tmp_path, encoding):
+    path = tmp_path / "u.txt"
+    path.write_bytes(("\ufeff" if encoding.endswith("be") else "").encode(encoding) + "one\ntwo\n".encode(encoding))
+    with pytest.raises(InputError, match=r"u.txt:1: UTF-16 text .* save it as UTF-8"):
+        read_texts(path)
+
+
+def test_jsonl_nested_too_deeply_is_bad_input_not_a_crash(tmp_path):
+    path = write(tmp_path / "deep.jsonl", '{"text": "a"}\n' + "[" * 100_000 + "]" * 100_000 + "\n")
+    with pytest.raises(InputError, match=r"deep.jsonl:2: invalid JSON \(nested too deeply\)"):
+        read_texts(path)
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/mem"), reason="needs Linux /proc")
+def test_a_read_that_fails_midway_names_the_file():
+    """/proc/self/mem opens but every read fails (EIO): a file that cannot be read, named."""
+    with pytest.raises(InputError, match=r"/proc/self/mem:1: cannot be read \(Input/output error\)"):
+        read_texts("/proc/self/mem")

@@ -28,7 +28,7 @@ _FLAGS = {"n_components": "-k/--dim", "k": "-k", "jl_dim": "--jl-dim", "max_leng
           "batch_size": "--batch-size", "threads": "--threads", "pooling": "--pooling", "beta": "--beta",
           "gamma": "--gamma", "format": "--format", "quantize": "--quantize", "force": "--force",
           "whiten": "--no-whiten", "hnsw_m": "--hnsw-m", "nlist": "--nlist", "pq_m": "--pq-m", "nprobe": "--nprobe",
-          "ef": "--ef", "max_memory": "--max-memory"}
+          "ef": "--ef", "max_memory": "--max-memory", "seed": "--seed"}
 
 
 class _Group(TyperGroup):
@@ -369,7 +369,8 @@ def encode(
     """Encode texts to vectors (.npy): raw pooled vectors, or through a fitted pipeline."""
     _verbose(verbose)
     from whiten_cli.readers import read_texts
-    from whiten_cli.shards import encode_matrix, encode_to_folder, shard_paths, wants_folder
+    from whiten_cli.shards import check_vector_folder_target, encode_matrix, encode_to_folder, shard_paths, wants_folder
+    from whiten_cli.storage import check_not_an_input
 
     engine_ = _engine("encode", engine, ray_address, workers, backend)
     folder = wants_folder(input, output)
@@ -379,8 +380,11 @@ def encode(
         if output.suffix == ".npy":
             raise WhitenError(f"{output}: a folder of vector shards is written for sharded input; name a folder")
         shard_paths(input)  # an empty glob fails before the model loads
+        check_vector_folder_target(output)
     else:
         _check_npy_outputs(output, raw_output)
+        check_not_an_input(output, [input])
+        check_not_an_input(raw_output, [input])
     texts = read_texts(input, field=field, skip_empty=skip_empty) if not folder and engine_.name == "local" else None
     s = _settings(config, model=model, pooling=pooling, max_length=max_length, batch_size=batch_size, dtype=dtype)
     if pipeline_dir is not None:
@@ -499,7 +503,7 @@ def eval_(
     from whiten_cli.encoder import check_pooling
     from whiten_cli.evaluate import RAW, Variant, plot_spearman_vs_k, pyplot, run_evaluation
     from whiten_cli.readers import read_texts
-    from whiten_cli.storage import atomic_write
+    from whiten_cli.storage import atomic_write, check_not_an_input
 
     if metric not in ("spearman", "pearson"):
         raise WhitenError(f"--metric must be spearman or pearson, got {metric!r}")
@@ -510,6 +514,9 @@ def eval_(
     s = _settings(config, model=model, beta=beta, max_length=max_length, batch_size=batch_size, dtype=dtype)
     poolings = [check_pooling(p) for p in _split_list(pooling)]
     loaded = [load_dataset(spec) for spec in datasets]
+    read = [subset.path for dataset in loaded for subset in dataset.subsets] + [None if fit_on == "target" else fit_on]
+    for written in (output, plot):
+        check_not_an_input(written, read)
     pipe = None
     if pipeline_dir is not None:
         from whiten_cli.pipeline import Pipeline
@@ -727,7 +734,7 @@ def index_(
 
 def _read_queries(queries: list[str] | None, file: Path | None, field: str | None) -> list[str]:
     """Queries from arguments, else --file (``-``: stdin), else stdin when it is not a terminal."""
-    from whiten_cli.readers import file_format, read_records
+    from whiten_cli.readers import decoded_lines, file_format, read_records
 
     if queries and file is not None:
         raise WhitenError("give queries as arguments or with --file, not both")
@@ -742,8 +749,7 @@ def _read_queries(queries: list[str] | None, file: Path | None, field: str | Non
     stdin = sys.stdin
     if file is None and stdin.isatty():
         raise WhitenError("no query: give queries as arguments, with --file, or one a line on stdin")
-    lines = [line.rstrip("\r\n") for line in stdin]
-    texts = [line for line in lines if line.strip()]
+    texts = [line for _, line in decoded_lines("<stdin>", stdin.buffer) if line.strip()]
     if not texts:
         raise WhitenError("no query on stdin (empty lines are skipped)")
     return texts
@@ -780,11 +786,14 @@ def search(
     """
     _verbose(verbose)
     import json
+    import math
 
     from whiten_cli import index as ix
 
     if k < 1:
         raise WhitenError(f"-k must be at least 1, got {k}")
+    if threshold is not None and math.isnan(threshold):
+        raise WhitenError("--threshold must be a number, got nan")
     texts = _read_queries(queries, file, field)
     index = ix.VectorIndex.load(index_dir)
     if pipeline_dir is not None:
@@ -858,16 +867,20 @@ def tune(
     from whiten_cli.encoder import check_pooling
     from whiten_cli.evaluate import pyplot
     from whiten_cli.pipeline import check_output_folder
+    from whiten_cli.storage import check_not_an_input
     from whiten_cli.sts import load_dataset
     from whiten_cli.tune import TARGET, Corpus, build_pipeline, check_dev, corpus_texts, plot_tune
     from whiten_cli.tune import tune as run_tune
 
     check_output_folder(output)
+    if seed < 0:
+        raise ParameterError("seed", f"must be at least 0, got {seed}")
     if plot is not None:
         pyplot()
         check_file_target(plot)
     s = _settings(None, model=model, max_length=max_length, batch_size=batch_size, dtype=dtype)
     datasets = [load_dataset(spec) for spec in dev]
+    check_not_an_input(plot, [subset.path for dataset in datasets for subset in dataset.subsets])
     check_dev(datasets)
     dev_sentences = [text for dataset in datasets for text in dataset.sentences]
     corpora = [Corpus(TARGET, dev_sentences) if spec == TARGET else corpus_texts(spec, field)

@@ -188,8 +188,11 @@ def load_source(spec: str, field: str | None = None) -> Source:
             raise InputError(path, "no such file")
         try:
             array = np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, EOFError) as exc:  # EOFError: an empty file
             raise InputError(path, f"not a .npy array file ({exc})") from None
+        if not isinstance(array, np.ndarray):  # np.load opens a .npz archive whatever the name
+            array.close()
+            raise InputError(path, "not a .npy array file (a .npz archive)")
         if array.ndim != 2 or not np.issubdtype(array.dtype, np.floating):
             raise InputError(path, f"expected a (vectors, dimension) array of floats, found {array.dtype} {array.shape}")
         if not np.isfinite(array).all():

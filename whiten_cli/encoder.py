@@ -17,6 +17,7 @@ import hashlib
 import json
 import logging
 import os
+import pickle
 import re
 import time
 import warnings
@@ -341,6 +342,9 @@ class Encoder:
         if self.pooling == "model" and self.model_pooling is None:
             raise _no_model_pooling(self.source.name)
         self._transformer_path = self.source.path / (self.model_pooling.transformer_subfolder if self.model_pooling else "")
+        limit = _position_limit(self._transformer_path)
+        if max_length is not None and limit is not None and max_length > limit:
+            raise ParameterError("max_length", f"must be at most {limit}, the model's number of positions, got {max_length}")
         self.max_length = max_length or _folder_max_length(self._transformer_path, self.model_pooling)
         self.batch_size = batch_size
         self.device = device
@@ -627,6 +631,28 @@ def _folder_max_length(folder: Path, chain: ModelPooling | None) -> int:
     return min((limit for limit in limits if limit is not None), default=128)
 
 
+# Model types whose position ids start after the padding token's (RoBERTa's scheme): pad_token_id + 1
+# of the max_position_embeddings are never a token's.
+_POSITIONS_AFTER_PADDING = frozenset({"roberta", "xlm-roberta", "camembert", "mpnet", "data2vec-text", "longformer",
+                                      "roberta-prelayernorm", "xmod", "ibert", "luke"})
+
+
+def _position_limit(folder: Path) -> int | None:
+    """The most tokens a text can have for the model's position embeddings (a longer one fails deep
+    inside the forward pass), or None when config.json does not say."""
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    limit = config.get("max_position_embeddings") if isinstance(config, dict) else None
+    if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
+        return None
+    if config.get("model_type") in _POSITIONS_AFTER_PADDING:
+        pad = config.get("pad_token_id")
+        limit -= (pad if isinstance(pad, int) and not isinstance(pad, bool) and pad >= 0 else 1) + 1
+    return limit
+
+
 def _config_int(file: Path, key: str) -> int | None:
     """A positive integer setting from a JSON file, or None (no file, no key, not a positive int)."""
     try:
@@ -681,6 +707,8 @@ def _check_device(device: str, dtype: str) -> None:
         kind = torch.device(device).type
     except (RuntimeError, ValueError) as exc:
         raise WhitenError(f"--device {device}: {exc}") from None
+    if kind == "meta":
+        raise WhitenError(f"--device {device}: holds no data (tensors without values); use cpu or cuda")
     if kind == "cuda" and not torch.cuda.is_available():
         raise WhitenError(f"--device {device}: CUDA is not available on this machine")
 
@@ -824,10 +852,22 @@ def _load(path: Path, model_pooling: ModelPooling | None, device: str, dtype: st
     folder = path / model_pooling.transformer_subfolder if model_pooling else path
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
-        model = transformers.AutoModel.from_pretrained(folder)
-    except (OSError, ValueError, ImportError, RuntimeError, EOFError, SafetensorError) as exc:
+        model, loading = transformers.AutoModel.from_pretrained(folder, output_loading_info=True)
+    # AttributeError, TypeError, KeyError: transformers reading a configuration file of the wrong shape.
+    except (OSError, ValueError, ImportError, RuntimeError, EOFError, SafetensorError, pickle.UnpicklingError,
+            AttributeError, TypeError, KeyError) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise WhitenError(f"{path}: cannot load the model ({reason})") from None
+    # transformers fills weights missing from the checkpoint with random ones and says so only in its
+    # log: weights of another architecture than config.json's would give random vectors. A missing
+    # pooler is usual (sentence-transformers checkpoints leave it out).
+    missing = [name for name in loading["missing_keys"] if not name.startswith("pooler.")]
+    if missing:
+        raise WhitenError(f"{path}: the weights do not fit the model config.json describes ({len(missing)} of its "
+                          f"tensors are not in the checkpoint, e.g. {sorted(missing)[0]})")
+    if set(tokenizer.get_vocab()) <= set(tokenizer.all_special_tokens):
+        # transformers builds an empty tokenizer when the files are missing: every word would be [UNK].
+        raise WhitenError(f"{path}: the tokenizer knows only its special tokens (no tokenizer.json or vocabulary file?)")
     try:
         model = model.float().to(device).eval()  # float32 master weights, whatever the checkpoint holds
     except (RuntimeError, AssertionError) as exc:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import ArrayLike
 
-from whiten_cli.errors import WhitenError
+from whiten_cli.errors import ParameterError, WhitenError
 
 
 def rankdata(x: ArrayLike) -> np.ndarray:
@@ -129,6 +129,13 @@ class Variant:
     beta: float = 1.0
     gamma: float = 1.0
     whiten: bool = True
+
+    def __post_init__(self) -> None:
+        """Checked when made, so that a bad value is refused before any sentence is encoded."""
+        for name in ("beta", "gamma"):
+            value = getattr(self, name)
+            if not 0 <= value <= 1:
+                raise ParameterError(name, f"must be in [0, 1], got {value}")
 
     @property
     def label(self) -> str:

@@ -113,7 +113,7 @@ class _DocFile:
         self.offsets_path = (shown or folder) / OFFSETS_FILE
         try:
             self.offsets = np.load(folder / OFFSETS_FILE, mmap_mode="r", allow_pickle=False)
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, EOFError) as exc:  # EOFError: an empty file
             raise InputError(self.offsets_path, f"unreadable ({exc})") from None
         if self.offsets.ndim != 1 or self.offsets.dtype != np.uint64:
             raise InputError(self.offsets_path, f"not a document offsets file (expected a 1-d uint64 array, found "

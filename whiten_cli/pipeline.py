@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from whiten_cli import __version__
-from whiten_cli.errors import ParameterError, WhitenError
+from whiten_cli.encoder import POOLINGS
+from whiten_cli.errors import InputError, ParameterError, WhitenError
 from whiten_cli.projection import RandomProjection
 from whiten_cli.storage import atomic_directory, reads_one_version
 from whiten_cli.whitening import Whitening
@@ -298,6 +299,13 @@ def _check_metadata(meta: dict, meta_file: Path) -> None:
             raise WhitenError(f"{meta_file}: incomplete pipeline metadata (missing {name!r})")
         if not valid(holder[key]):
             raise WhitenError(f"{meta_file}: not valid pipeline metadata ({name} is {holder[key]!r}, not {what})")
+    for key in ("path", "relative_path", "hub_id", "revision"):  # optional: pipelines of older versions lack them
+        if not isinstance(meta["model"].get(key, ""), (str, type(None))):
+            raise WhitenError(f"{meta_file}: not valid pipeline metadata (model.{key} is {meta['model'][key]!r}, "
+                              "not a string or null)")
+    if meta["pooling"] not in POOLINGS:
+        raise WhitenError(f"{meta_file}: not valid pipeline metadata (pooling is {meta['pooling']!r}, not one of "
+                          f"{', '.join(POOLINGS)})")
     if not isinstance(meta.get("info", {}), dict):
         raise WhitenError(f"{meta_file}: not valid pipeline metadata (info is {meta['info']!r}, not an object)")
 
@@ -384,6 +392,8 @@ class FitOptions:
             raise ParameterError("jl_dim", f"must be positive, got {self.jl_dim}")
         if not self.whiten and self.jl_dim is None:
             raise ParameterError("jl_dim", "nothing to fit: without whitening, {name} is needed")
+        if self.seed < 0:  # numpy's generators take none
+            raise ParameterError("seed", f"must be at least 0, got {self.seed}")
 
 
 def fit_pipeline(
@@ -434,7 +444,14 @@ def pipeline_from_stats(stats, encoder, options: FitOptions, count: int, info: d
     whitening = eigenvalues = eigenvectors = None
     if options.whiten:
         basis = Eigenbasis.fit(stats)
-        whitening = basis.whitening(options.n_components, options.beta, options.gamma)
+        try:
+            whitening = basis.whitening(options.n_components, options.beta, options.gamma)
+        except ParameterError:
+            raise
+        except WhitenError as exc:  # the corpus cannot be whitened (its vectors do not vary): name it
+            if not (info or {}).get("corpus"):
+                raise
+            raise InputError(info["corpus"], str(exc)) from None
         eigenvalues, eigenvectors = basis.eigenvalues, basis.eigenvectors
     projection = None
     if options.jl_dim is not None:

@@ -68,15 +68,29 @@ def iter_lines(path: str | os.PathLike[str]) -> Iterator[tuple[int, str]]:
     number = 0
     try:
         with handle:
-            for number, raw in enumerate(handle, start=1):
-                yield number, _decoded(path, raw, number)
+            for number, line in decoded_lines(path, handle):
+                yield number, line
     except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
         raise InputError(path, f"not a readable gzip file ({exc or 'cut short'})", number + 1) from None
+    except OSError as exc:  # a read that fails midway (an I/O error, a file that cannot be read as a stream)
+        raise InputError(path, f"cannot be read ({exc.strerror or exc})", number + 1) from None
 
 
-def _decoded(path: Path, raw: bytes, number: int) -> str:
+def decoded_lines(name: str | os.PathLike[str], handle) -> Iterator[tuple[int, str]]:
+    """``(line_number, line)`` of a binary stream (stdin), checked and decoded as :func:`iter_lines`
+    does; errors name ``name``."""
+    for number, raw in enumerate(handle, start=1):
+        yield number, _decoded(name, raw, number)
+
+
+def _decoded(path: str | os.PathLike[str], raw: bytes, number: int) -> str:
     if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
         raw = raw[3:]
+    if number == 1 and raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise InputError(path, "UTF-16 text (it starts with a UTF-16 byte-order mark); save it as UTF-8", number)
+    nul = raw.find(0)
+    if nul >= 0:  # valid UTF-8, but no text holds one: a binary file, or UTF-16 without its mark
+        raise InputError(path, f"a NUL byte at column {nul + 1} (a binary or UTF-16 file?)", number)
     try:
         return raw.decode("utf-8").rstrip("\r\n")
     except UnicodeDecodeError as exc:
@@ -139,6 +153,8 @@ def iter_json_objects(path, lines: Iterable[tuple[int, str]] | None = None) -> I
             row = json.loads(line)
         except json.JSONDecodeError as exc:
             raise InputError(path, f"invalid JSON ({exc.msg})", number) from None
+        except RecursionError:
+            raise InputError(path, "invalid JSON (nested too deeply)", number) from None
         if not isinstance(row, dict):
             raise InputError(path, "expected a JSON object", number)
         yield number, row

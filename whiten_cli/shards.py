@@ -154,6 +154,17 @@ def wants_folder(input_spec: str | os.PathLike[str], output: str | os.PathLike[s
     return is_sharded(input_spec) or not out.suffix or (out / MANIFEST_FILE).is_file()
 
 
+def check_vector_folder_target(output: str | os.PathLike[str]) -> None:
+    """Never replace what is not a vector folder (a mistyped -o, the input folder itself) with one:
+    the folder is swapped in whole, so whatever was there would be gone."""
+    target = Path(output)
+    if target.exists() and not target.is_dir():
+        raise WhitenError(f"{target}: exists and is not a folder; refusing to replace it with vector shards")
+    if target.is_dir() and any(target.iterdir()) and not (target / MANIFEST_FILE).is_file():
+        raise WhitenError(f"{target}: folder exists and is not a vector folder (no {MANIFEST_FILE}); refusing to "
+                          "replace its contents (choose another -o)")
+
+
 class VectorFolderWriter:
     """Writes vector parts into ``folder`` (a temporary folder from atomic_directory), then the manifest.
 
@@ -228,7 +239,7 @@ def iter_vector_parts(folder: str | os.PathLike[str]) -> Iterator[tuple[list[str
         path = folder / str(part.get("vectors"))
         try:
             vectors = np.load(path, mmap_mode="r", allow_pickle=False)
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, EOFError) as exc:  # EOFError: an empty file
             raise InputError(path, f"not a .npy array file ({exc})") from None
         if vectors.ndim != 2 or vectors.shape[1] != dim:
             raise InputError(path, f"vectors of shape {vectors.shape}, but the other shards have dimension {dim}")
@@ -317,6 +328,7 @@ def encode_to_folder(spec: str | os.PathLike[str], output: str | os.PathLike[str
     """Encode a file, folder or glob into a vector folder at ``output`` (atomically); the manifest."""
     from whiten_cli.storage import atomic_directory
 
+    check_vector_folder_target(output)
     with encoded_blocks(spec, encoder, engine, read_options, "encode", progress) as blocks:
         with atomic_directory(output) as tmp:
             writer = VectorFolderWriter(tmp)

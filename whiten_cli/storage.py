@@ -103,6 +103,20 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None]) ->
     return target
 
 
+def check_not_an_input(path: str | os.PathLike[str] | None, inputs) -> None:
+    """Refuse to write ``path`` (None: no output) when it is one of the files the command reads (the
+    same file under any name): the output would replace the input it was computed from."""
+    for source in inputs if path is not None else ():
+        if source is None:
+            continue
+        try:
+            same = os.path.samefile(path, source)
+        except (OSError, ValueError):  # one of them does not exist (yet), or is no path
+            same = False
+        if same:
+            raise WhitenError(f"{path}: is also an input of this command ({source}); write the output elsewhere")
+
+
 def save_npy(path: str | os.PathLike[str], array) -> Path:
     """Write a .npy file atomically (never pickled)."""
     import numpy as np
