@@ -10,6 +10,7 @@ import errno
 import os
 import sqlite3
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -143,6 +144,48 @@ def test_real_full_disk(tiny_model, corpus, full_disk, command):
     line = assert_one_line_error(run(*args), f"{out}: cannot be written")
     assert "No space left on device" in line or "disk full" in line
     assert sorted(p.name for p in full_disk.iterdir()) == ["filler"]
+
+
+@pytest.fixture
+def read_only_folder(tmp_path):
+    """A read-only tmpfs, where this machine lets the test mount one (root ignores permission bits)."""
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k,ro", "tmpfs", str(folder)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)
+
+
+@pytest.mark.parametrize("command", ["encode", "encode-folder", "fit", "index", "eval", "tune", "export"])
+def test_a_read_only_output_is_refused_before_the_model_loads(corpus, pipeline_dir, read_only_folder, tmp_path,
+                                                              command):
+    """No model at that path: the output check has to come first (it came after the encoding)."""
+    model, out = tmp_path / "no-model-here", read_only_folder / "sub" / "out"
+    pairs = tmp_path / "pairs.tsv"
+    pairs.write_text("a b\tb c\t1\nc d\td e\t2\ne f\tf g\t3\n")
+    args = {
+        "encode": ("encode", corpus, "-o", out.with_suffix(".npy"), "-m", model),
+        "encode-folder": ("encode", corpus.parent, "-o", out, "-m", model),
+        "fit": ("fit", corpus, "-o", out, "-m", model),
+        "index": ("index", corpus, "-o", out, "--pipeline", pipeline_dir, "-m", model),
+        "eval": ("eval", pairs, "-m", model, "-o", out.with_suffix(".json")),
+        "tune": ("tune", pairs, "-o", out, "-m", model),
+        "export": ("export", pipeline_dir, "-o", out),
+    }[command]
+    line = assert_one_line_error(run(*args), f"{read_only_folder} is not writable (read-only file system)")
+    assert "sub" in line and "no-model-here" not in line
+
+
+def test_an_unwritable_folder_is_named(tmp_path, monkeypatch):
+    from whiten_cli import storage
+
+    monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != tmp_path)
+    with pytest.raises(WhitenError, match=f"{tmp_path / 'a' / 'x.npy'}: cannot be written: {tmp_path} is not writable"):
+        storage.check_file_target(tmp_path / "a" / "x.npy")
 
 
 # --- every other kind of fault, at the edge of the command ------------------------------------------

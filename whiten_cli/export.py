@@ -29,6 +29,7 @@ from whiten_cli import __version__
 from whiten_cli.errors import ParameterError, WhitenError
 from whiten_cli.pipeline import Pipeline
 from whiten_cli.st_folder import read_json, read_model_pooling
+from whiten_cli.storage import check_writable_parent
 
 FORMATS = ("sentence-transformers", "onnx", "faiss")
 METADATA_FILE = "whiten_export.json"
@@ -79,6 +80,7 @@ def export(pipeline: Pipeline, out_dir: str | os.PathLike[str], format: str = "s
 def check_output(out_dir: str | os.PathLike[str], force: bool) -> None:
     """Refuse an existing ``out_dir`` without ``force``, and anything but an export or an empty folder with it."""
     target = Path(out_dir)
+    check_writable_parent(target)
     if not target.exists() and not target.is_symlink():
         return
     if not target.is_dir():

@@ -27,6 +27,7 @@ import numpy as np
 from whiten_cli import __version__
 from whiten_cli.errors import InputError, WhitenError
 from whiten_cli.readers import DEFAULT_ID_NAMES, DEFAULT_TEXT_NAMES, Record, read_records
+from whiten_cli.storage import check_writable_parent
 
 SHARD_SUFFIXES = (".txt", ".text", ".jsonl", ".ndjson", ".csv", ".tsv", ".tab", ".parquet")
 BLOCK_ROWS = 4096  # rows encoded together; fit_pipeline's chunk size, so sharded and single-file fits agree
@@ -163,6 +164,7 @@ def check_vector_folder_target(output: str | os.PathLike[str]) -> None:
     if target.is_dir() and any(target.iterdir()) and not (target / MANIFEST_FILE).is_file():
         raise WhitenError(f"{target}: folder exists and is not a vector folder (no {MANIFEST_FILE}); refusing to "
                           "replace its contents (choose another -o)")
+    check_writable_parent(target)
 
 
 class VectorFolderWriter:

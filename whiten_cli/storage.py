@@ -70,15 +70,32 @@ def _fsync_tree(folder: Path) -> None:
 
 
 def check_file_target(path: str | os.PathLike[str]) -> None:
-    """Refuse, before any work, a file name that cannot be written: a folder, or under a file."""
+    """Refuse, before any work, a file name that cannot be written: a folder, or under a file or
+    a read-only folder."""
     target = Path(path)
     if target.is_dir():
         raise WhitenError(f"{target}: is a folder; give a file name to write")
+    check_writable_parent(target)
+
+
+def check_writable_parent(target: Path) -> None:
+    """Refuse, before any work, an output whose folder cannot be made or written in (a file in the
+    way, a read-only file system, no permission): it is written as a temporary sibling, then renamed."""
     for parent in target.parents:
         if parent.exists():
             if not parent.is_dir():
                 raise WhitenError(f"{target}: cannot be written: {parent} is a file, not a folder")
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise WhitenError(f"{target}: cannot be written: {parent} is not writable"
+                                  + (" (read-only file system)" if _read_only(parent) else ""))
             return
+
+
+def _read_only(folder: Path) -> bool:
+    try:
+        return bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
 
 
 def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None]) -> Path:
