@@ -6,6 +6,7 @@ is one ``error: internal error`` line with exit code 1. A real full disk (a 64 K
 too where this machine lets the test mount one.
 """
 
+import contextlib
 import errno
 import os
 import sqlite3
@@ -117,23 +118,29 @@ def test_disk_full_writing_the_index(pipeline_dir, corpus, tmp_path, monkeypatch
     assert_nothing_written(out)
 
 
-@pytest.fixture
-def full_disk(tmp_path):
-    """A 64 KiB tmpfs filled up, where this machine lets the test mount one (root, mount allowed)."""
-    folder = tmp_path / "full"
+@contextlib.contextmanager
+def tmpfs(folder: Path, options: str):
+    """A tmpfs mounted at ``folder``, where this machine lets the test mount one (root, mount allowed)."""
     folder.mkdir()
-    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(folder)],
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)],
                                            capture_output=True).returncode != 0:
         pytest.skip("cannot mount a tmpfs here")
     try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A 64 KiB tmpfs, filled up."""
+    with tmpfs(tmp_path / "full", "size=64k") as folder:
         with open(folder / "filler", "wb") as filler:
             try:
                 filler.write(b"\0" * (1 << 20))
             except OSError as exc:
                 assert exc.errno == errno.ENOSPC
         yield folder
-    finally:
-        subprocess.run(["umount", str(folder)], check=True)
 
 
 @pytest.mark.parametrize("command", ["encode", "fit"])
@@ -148,16 +155,9 @@ def test_real_full_disk(tiny_model, corpus, full_disk, command):
 
 @pytest.fixture
 def read_only_folder(tmp_path):
-    """A read-only tmpfs, where this machine lets the test mount one (root ignores permission bits)."""
-    folder = tmp_path / "ro"
-    folder.mkdir()
-    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k,ro", "tmpfs", str(folder)],
-                                           capture_output=True).returncode != 0:
-        pytest.skip("cannot mount a tmpfs here")
-    try:
+    """A read-only tmpfs (root ignores permission bits, not a read-only mount)."""
+    with tmpfs(tmp_path / "ro", "size=64k,ro") as folder:
         yield folder
-    finally:
-        subprocess.run(["umount", str(folder)], check=True)
 
 
 @pytest.mark.parametrize("command", ["encode", "encode-folder", "fit", "index", "eval", "tune", "export"])
