@@ -87,6 +87,8 @@ def test_library_messages_name_parameters_and_the_cli_names_flags(tmp_path, tiny
         Encoder(str(tiny_model), batch_size=0)
     corpus = write(tmp_path / "corpus.txt", "\n".join(texts) + "\n")
     for flags, message in ((["-k", str(HIDDEN + 1)], "-k/--dim must be between 1"), (["--jl-dim", "0"], "--jl-dim must be positive"),
+                           (["-k", "8", "--jl-dim", "9"], "--jl-dim must be at most the 8 dimensions it projects from"),
+                           (["--no-whiten", "--jl-dim", str(HIDDEN + 1)], f"at most the {HIDDEN} dimensions"),
                            (["--batch-size", "0"], "--batch-size must be positive")):
         result = run("fit", corpus, "-o", tmp_path / "p", "--model", tiny_model, "--pooling", "cls", *flags)
         error = assert_one_line_error(result, message)

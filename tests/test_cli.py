@@ -258,7 +258,8 @@ def test_unknown_config_name(tiny_model, corpus, tmp_path):
 @pytest.mark.parametrize(
     "content, message",
     [("k = [unclosed\n", "invalid TOML"), ("k = 8\nwhat = 1\n", "unknown setting 'what'"),
-     ('k = "eight"\n', "must be a int")],
+     ('k = "eight"\n', "must be a int"), ("gamma = 5\n", "setting 'gamma' must be in [0, 1], got 5"),
+     ("batch_size = 0\n", "setting 'batch_size' must be at least 1, got 0")],
 )
 def test_bad_toml_config(tiny_model, corpus, tmp_path, content, message):
     config, out = write(tmp_path / "bad.toml", content), tmp_path / "p"

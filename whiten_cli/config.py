@@ -15,6 +15,10 @@ KEYS = {
     "beta": float, "gamma": float, "whiten": bool, "jl_dim": int, "seed": int, "normalize": bool, "dtype": str,
 }
 
+# Checked here so that a bad value is reported in the file, not under a flag the user did not give.
+RANGES = {"max_length": (1, None), "batch_size": (1, None), "k": (1, None), "jl_dim": (1, None), "seed": (0, None),
+          "beta": (0, 1), "gamma": (0, 1)}
+
 
 def preset_names() -> list[str]:
     return sorted({p.stem for d in PRESET_DIRS if d.is_dir() for p in d.glob("*.toml")})
@@ -45,5 +49,9 @@ def load_config(name_or_path: str | None) -> dict:
         if not isinstance(value, expected) or (expected is not bool and isinstance(value, bool)):
             if not (expected is float and isinstance(value, int) and not isinstance(value, bool)):
                 raise InputError(path, f"setting {key!r} must be a {expected.__name__}, got {value!r}")
+        low, high = RANGES.get(key, (None, None))
+        if (low is not None and value < low) or (high is not None and value > high):
+            bounds = f"in [{low}, {high}]" if high is not None else f"at least {low}"
+            raise InputError(path, f"setting {key!r} must be {bounds}, got {value!r}")
     settings.pop("description", None)
     return settings

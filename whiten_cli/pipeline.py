@@ -435,6 +435,10 @@ def check_fit_options(options: FitOptions, dim: int) -> None:
     if options.n_components is not None and not 1 <= options.n_components <= dim:
         raise ParameterError("n_components", f"must be between 1 and the model's dimension {dim}, "
                                              f"got {options.n_components}")
+    source = (options.n_components or dim) if options.whiten else dim
+    if options.jl_dim is not None and options.jl_dim > source:
+        raise ParameterError("jl_dim", f"must be at most the {source} dimensions it projects from (a random "
+                                       f"projection only shrinks vectors), got {options.jl_dim}")
 
 
 def pipeline_from_stats(stats, encoder, options: FitOptions, count: int, info: dict | None = None) -> Pipeline:
