@@ -1,4 +1,5 @@
 import os
+import warnings
 
 import pytest
 
@@ -297,3 +298,15 @@ def test_a_read_that_fails_midway_names_the_file():
     """/proc/self/mem opens but every read fails (EIO): a file that cannot be read, named."""
     with pytest.raises(InputError, match=r"/proc/self/mem:1: cannot be read \(Input/output error\)"):
         read_texts("/proc/self/mem")
+
+
+def test_a_field_given_for_plain_text_is_said_not_used(tmp_path):
+    """JSON lines in a .txt with --field: each line is encoded whole, braces and all; say so."""
+    path = tmp_path / "corpus.txt"
+    path.write_text('{"text": "hello"}\n{"text": "world"}\n')
+    with pytest.warns(UserWarning, match=r"corpus\.txt: read as plain text.*text field 'text' and the id field 'id'"):
+        records = read_records(path, field="text", id_field="id")
+    assert [record.text for record in records] == ['{"text": "hello"}', '{"text": "world"}']
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        read_records(path)  # nothing to say without them

@@ -12,6 +12,7 @@ import csv
 import gzip
 import json
 import os
+import warnings
 import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -118,6 +119,10 @@ def read_records(
         records = _read_table(path, kind, field, id_field, skip_empty)
     else:
         records = _read_text(path, skip_empty)
+        given = [f"{what} {value!r}" for what, value in (("text field", field), ("id field", id_field)) if value]
+        if given:  # e.g. JSON lines in a .txt: each line would be encoded whole, braces and all
+            warnings.warn(f"{path}: read as plain text, one text a line (by its name); the "
+                          f"{' and the '.join(given)} {'is' if len(given) == 1 else 'are'} not used", stacklevel=2)
     if not records:
         raise InputError(path, "holds no text")
     return records
