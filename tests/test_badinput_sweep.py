@@ -43,6 +43,17 @@ def test_max_length_above_the_models_positions_is_refused(tiny_model, tmp_path):
     assert encode(long_text, tiny_model, out, "--max-length", 256).exit_code == 0
 
 
+def test_a_pipeline_max_length_above_the_models_positions_names_pipeline_json(tiny_model, corpus, tmp_path):
+    """Not the --max-length flag, which the user did not give: the value is the pipeline's."""
+    pipe = tmp_path / "pipe"
+    assert run("fit", corpus, "-o", pipe, "-m", tiny_model, "-p", "cls", "-k", "4", "-q").exit_code == 0
+    meta = json.loads((pipe / "pipeline.json").read_text())
+    (pipe / "pipeline.json").write_text(json.dumps({**meta, "max_length": 1000}))
+    line = assert_one_line_error(run("encode", corpus, "--pipeline", pipe, "-o", tmp_path / "v.npy"),
+                                 f"{pipe / 'pipeline.json'}: max_length must be at most 256", "got 1000")
+    assert "--max-length" not in line
+
+
 @pytest.mark.parametrize("config, limit", [
     ({"model_type": "bert", "max_position_embeddings": 512}, 512),
     ({"model_type": "roberta", "max_position_embeddings": 514, "pad_token_id": 1}, 512),

@@ -50,6 +50,8 @@ class Pipeline:
     model_hub_id: str | None = None
     # The encoders :meth:`encode` built, by (batch_size, device, dtype).
     _encoders: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+    # The pipeline.json it was loaded from, for messages about its values (None when not loaded).
+    source_file: Path | None = field(default=None, repr=False, compare=False)
 
     @property
     def output_dim(self) -> int:
@@ -81,7 +83,13 @@ class Pipeline:
         from whiten_cli.encoder import Encoder
 
         source = self.model_source(model)
-        return Encoder(str(source.path), pooling=self.pooling, max_length=self.max_length, **options)
+        try:
+            return Encoder(str(source.path), pooling=self.pooling, max_length=self.max_length, **options)
+        except ParameterError as exc:
+            if exc.parameter != "max_length":
+                raise
+            # The value comes from pipeline.json, not from a flag the user gave.
+            raise WhitenError(f"{self.source_file or METADATA_FILE}: " + exc.naming("max_length")) from None
 
     def model_source(self, model: str | None = None):
         """Where this pipeline's model is (a :class:`~whiten_cli.encoder.ModelSource`), found as
@@ -251,6 +259,7 @@ class Pipeline:
                 model_path=_model_folder(meta["model"], folder),
                 model_revision=meta["model"].get("revision"),
                 model_hub_id=meta["model"].get("hub_id"),
+                source_file=meta_file,
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise WhitenError(f"{meta_file}: incomplete pipeline metadata (missing {exc})") from None
