@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from whiten_cli import index as ix
-from whiten_cli.errors import WhitenError
+from whiten_cli.errors import ParameterError, WhitenError
 from whiten_cli.index import Document, VectorIndex, choose_index, pipeline_fingerprint, plan_index
 from whiten_cli.pipeline import Pipeline
 from whiten_cli.stats import GaussianStats
@@ -373,3 +373,12 @@ def test_blas_threshold_lowered_for_batches_only_and_restored(n_queries, blas):
         ix.faiss_search(Spy(8), np.zeros((n_queries, 8), np.float32), 3)
     assert seen == [0 if blas else before]
     assert faiss.cvar.distance_compute_blas_threshold == before
+
+
+@pytest.mark.parametrize("options, message", [({"k": 0}, "^k must be at least 1"), ({"nprobe": 0}, "^nprobe"),
+                                              ({"threshold": math.nan}, "^threshold must be a number, got nan")])
+def test_search_refuses_bad_options_in_the_library_too(saved, options, message):
+    folder, _ = saved
+    index = VectorIndex.load(folder)
+    with pytest.raises(ParameterError, match=message):
+        index.search(clustered(1), **{"k": 5, **options})

@@ -258,3 +258,13 @@ def test_several_dev_sets_are_averaged_not_pooled(tiny_model, sentences, tmp_pat
     cosines = cosine_similarity_pairs(u, v)
     expected = 50 * (spearman(cosines[:40], scores_a) + spearman(cosines[40:], scores_b))
     assert record["raw"]["dev"] == pytest.approx(expected, abs=1e-6)
+
+
+@pytest.mark.parametrize("resamples, seed, message", [(9, 0, "^resamples must be at least 10"),
+                                                      (1000, -1, "^seed must be at least 0")])
+def test_bootstrap_options_are_checked_in_the_library(resamples, seed, message):
+    from whiten_cli.errors import ParameterError
+    from whiten_cli.tune import check_bootstrap
+
+    with pytest.raises(ParameterError, match=message):
+        check_bootstrap(resamples, seed)

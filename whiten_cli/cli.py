@@ -28,7 +28,8 @@ _FLAGS = {"n_components": "-k/--dim", "k": "-k", "jl_dim": "--jl-dim", "max_leng
           "batch_size": "--batch-size", "threads": "--threads", "pooling": "--pooling", "beta": "--beta",
           "gamma": "--gamma", "format": "--format", "quantize": "--quantize", "force": "--force",
           "whiten": "--no-whiten", "hnsw_m": "--hnsw-m", "nlist": "--nlist", "pq_m": "--pq-m", "nprobe": "--nprobe",
-          "ef": "--ef", "max_memory": "--max-memory", "seed": "--seed"}
+          "ef": "--ef", "max_memory": "--max-memory", "seed": "--seed",
+          "threshold": "--threshold", "resamples": "--resamples"}
 
 
 class _Group(TyperGroup):
@@ -786,14 +787,10 @@ def search(
     """
     _verbose(verbose)
     import json
-    import math
 
     from whiten_cli import index as ix
 
-    if k < 1:
-        raise WhitenError(f"-k must be at least 1, got {k}")
-    if threshold is not None and math.isnan(threshold):
-        raise WhitenError("--threshold must be a number, got nan")
+    ix.check_search_options(k, nprobe, ef, threshold)  # before the queries are read and encoded
     texts = _read_queries(queries, file, field)
     index = ix.VectorIndex.load(index_dir)
     if pipeline_dir is not None:
@@ -869,12 +866,11 @@ def tune(
     from whiten_cli.pipeline import check_output_folder
     from whiten_cli.storage import check_not_an_input
     from whiten_cli.sts import load_dataset
-    from whiten_cli.tune import TARGET, Corpus, build_pipeline, check_dev, corpus_texts, plot_tune
+    from whiten_cli.tune import TARGET, Corpus, build_pipeline, check_bootstrap, check_dev, corpus_texts, plot_tune
     from whiten_cli.tune import tune as run_tune
 
     check_output_folder(output)
-    if seed < 0:
-        raise ParameterError("seed", f"must be at least 0, got {seed}")
+    check_bootstrap(resamples, seed)
     if plot is not None:
         pyplot()
         check_file_target(plot)

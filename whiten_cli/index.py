@@ -66,6 +66,7 @@ from whiten_cli.index_folder import (
     append_records,
     append_to_index,
     check_pipeline,
+    check_search_options,
     check_target,
     pipeline_fingerprint,
     read_header,
@@ -93,7 +94,7 @@ __all__ = [
     "HNSW_M", "ID_BYTES", "INDEX_FILE", "IndexHeader", "KINDS", "KMEANS_ITERATIONS", "K_TUNE", "METADATA_FILE", "METRIC",
     "MIN_PER_CENTROID", "OFFSETS_FILE", "PIPELINE_DIR", "PQ_TRAIN_PER_CENTROID", "REQUIRED", "TARGET_RECALL",
     "TRAIN_PER_LIST", "TUNE_QUERIES", "Document", "Hit", "IndexPlan", "Tuning", "VectorIndex", "append_records",
-    "append_to_index", "blas_for_batches", "build_faiss", "check_pipeline", "check_target", "choose_index",
+    "append_to_index", "blas_for_batches", "build_faiss", "check_pipeline", "check_search_options", "check_target", "choose_index",
     "default_pq_m", "documents", "estimate_bytes", "faiss_search", "ivf_centroids", "ivf_lists", "normalized",
     "parse_size", "pipeline_fingerprint", "plan_index", "read_header", "read_metadata", "records_to_documents", "tune_search",
 ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -295,9 +296,7 @@ class VectorIndex:
         ``k`` larger than the index returns every document; ``threshold`` drops hits whose
         cosine score is below it. ``nprobe``/``ef`` default to the values stored at build time.
         """
-        if k < 1:
-            raise ParameterError("k", f"must be at least 1, got {k}")
-        _check_knobs(nprobe, ef)
+        check_search_options(k, nprobe, ef, threshold)
         q = _check_vectors(queries, self.dim, what="query vectors")
         defaults = self.metadata.get("search", {})
         scores, rows = faiss_search(self._faiss, q, min(k, len(self)),
@@ -499,6 +498,16 @@ def _check_knobs(nprobe: int | None, ef: int | None) -> None:
         raise ParameterError("nprobe", f"must be at least 1, got {nprobe}")
     if ef is not None and ef < 1:
         raise ParameterError("ef", f"must be at least 1, got {ef}")
+
+
+def check_search_options(k: int, nprobe: int | None = None, ef: int | None = None,
+                         threshold: float | None = None) -> None:
+    """What :meth:`VectorIndex.search` refuses, checkable before the queries are encoded."""
+    if k < 1:
+        raise ParameterError("k", f"must be at least 1, got {k}")
+    _check_knobs(nprobe, ef)
+    if threshold is not None and math.isnan(threshold):  # every comparison with NaN is False: no hit at all
+        raise ParameterError("threshold", "must be a number, got nan")
 
 
 def check_target(target: Path) -> None:

@@ -36,7 +36,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from whiten_cli.errors import WhitenError
+from whiten_cli.errors import ParameterError, WhitenError
 from whiten_cli.evaluate import rankdata
 
 FAMILIES = ("raw", "pca", "jl", "whitening", "finer-gamma", "beta", "shrinkage", "abtt", "union")
@@ -135,6 +135,14 @@ def check_dev(datasets: list) -> None:
             raise WhitenError(f"{where}: {scores.size} scored pair{'s' * (scores.size != 1)}; tuning needs at least 3")
         if np.ptp(scores) == 0:
             raise WhitenError(f"{where}: every gold score is {scores[0]:g}; tuning needs scores that vary")
+
+
+def check_bootstrap(resamples: int, seed: int) -> None:
+    """At least 10 resamples (an interval from fewer means little), and a seed numpy takes."""
+    if resamples < 10:
+        raise ParameterError("resamples", f"must be at least 10, got {resamples}")
+    if seed < 0:
+        raise ParameterError("seed", f"must be at least 0, got {seed}")
 
 
 def ledoit_wolf_intensity(vectors: np.ndarray) -> float:
@@ -351,8 +359,7 @@ def tune(
     from whiten_cli.projection import RandomProjection
 
     check_dev(dev)
-    if resamples < 10:
-        raise WhitenError(f"--resamples must be at least 10, got {resamples}")
+    check_bootstrap(resamples, seed)
     dev_texts = [text for dataset in dev for text in dataset.sentences]
     names = [corpus.name for corpus in corpora]
     texts = dev_texts + [text for corpus in corpora if corpus.name != TARGET for text in corpus.texts]
