@@ -21,7 +21,7 @@ except ImportError:  # older typer: click itself
     from click import ClickException
 
 from whiten_cli.errors import InputError, ParameterError, WhitenError, describe_fault, one_line, writing
-from whiten_cli.storage import check_file_target
+from whiten_cli.storage import check_file_target, check_not_an_input
 
 # The library's errors name Python parameters; the command line names the flag that sets each one.
 _FLAGS = {"n_components": "-k/--dim", "k": "-k", "jl_dim": "--jl-dim", "max_length": "--max-length",
@@ -371,7 +371,6 @@ def encode(
     _verbose(verbose)
     from whiten_cli.readers import read_texts
     from whiten_cli.shards import check_vector_folder_target, encode_matrix, encode_to_folder, shard_paths, wants_folder
-    from whiten_cli.storage import check_not_an_input
 
     engine_ = _engine("encode", engine, ray_address, workers, backend)
     folder = wants_folder(input, output)
@@ -383,9 +382,7 @@ def encode(
         shard_paths(input)  # an empty glob fails before the model loads
         check_vector_folder_target(output)
     else:
-        _check_npy_outputs(output, raw_output)
-        check_not_an_input(output, [input])
-        check_not_an_input(raw_output, [input])
+        _check_npy_outputs(output, raw_output, input)
     texts = read_texts(input, field=field, skip_empty=skip_empty) if not folder and engine_.name == "local" else None
     s = _settings(config, model=model, pooling=pooling, max_length=max_length, batch_size=batch_size, dtype=dtype)
     if pipeline_dir is not None:
@@ -422,12 +419,14 @@ def encode(
     typer.echo(f"wrote {vectors.shape[0]} vectors of dimension {vectors.shape[1]} to {output}")
 
 
-def _check_npy_outputs(output: Path, raw_output: Path | None) -> None:
-    """Before encoding: each output a .npy file name, and --raw-output not the same file as -o."""
+def _check_npy_outputs(output: Path, raw_output: Path | None, input: Path) -> None:
+    """Before encoding: each output a writable .npy file name, not the input, and --raw-output not
+    the same file as -o."""
     for path in filter(None, (output, raw_output)):
         if path.suffix != ".npy":
             raise WhitenError(f"{path}: the output must be a .npy file")
         check_file_target(path)
+        check_not_an_input(path, [input])
     if raw_output is not None and (
         output.resolve() == raw_output.resolve()
         or (output.exists() and raw_output.exists() and output.samefile(raw_output))
@@ -504,7 +503,7 @@ def eval_(
     from whiten_cli.encoder import check_pooling
     from whiten_cli.evaluate import RAW, Variant, plot_spearman_vs_k, pyplot, run_evaluation
     from whiten_cli.readers import read_texts
-    from whiten_cli.storage import atomic_write, check_not_an_input
+    from whiten_cli.storage import atomic_write
 
     if metric not in ("spearman", "pearson"):
         raise WhitenError(f"--metric must be spearman or pearson, got {metric!r}")
@@ -864,7 +863,6 @@ def tune(
     from whiten_cli.encoder import check_pooling
     from whiten_cli.evaluate import pyplot
     from whiten_cli.pipeline import check_output_folder
-    from whiten_cli.storage import check_not_an_input
     from whiten_cli.sts import load_dataset
     from whiten_cli.tune import TARGET, Corpus, build_pipeline, check_bootstrap, check_dev, corpus_texts, plot_tune
     from whiten_cli.tune import tune as run_tune
