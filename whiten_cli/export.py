@@ -29,7 +29,7 @@ from whiten_cli import __version__
 from whiten_cli.errors import ParameterError, WhitenError
 from whiten_cli.pipeline import Pipeline
 from whiten_cli.st_folder import read_json, read_model_pooling
-from whiten_cli.storage import check_writable_parent
+from whiten_cli.storage import check_folder_target
 
 FORMATS = ("sentence-transformers", "onnx", "faiss")
 METADATA_FILE = "whiten_export.json"
@@ -80,16 +80,8 @@ def export(pipeline: Pipeline, out_dir: str | os.PathLike[str], format: str = "s
 def check_output(out_dir: str | os.PathLike[str], force: bool) -> None:
     """Refuse an existing ``out_dir`` without ``force``, and anything but an export or an empty folder with it."""
     target = Path(out_dir)
-    check_writable_parent(target)
-    if not target.exists() and not target.is_symlink():
-        return
-    if not target.is_dir():
-        raise WhitenError(f"{target}: exists and is not a folder; refusing to replace it (choose another output)")
-    empty = not any(target.iterdir())
-    if not empty and not (target / METADATA_FILE).is_file():
-        raise WhitenError(f"{target}: folder exists and is not a whiten export; refusing to replace its contents "
-                          f"(choose another output)")
-    if not force and not empty:
+    check_folder_target(target, METADATA_FILE, "a whiten export")
+    if not force and target.is_dir() and any(target.iterdir()):
         raise ParameterError("force", f"{target}: already exists; pass {{name}} to replace it")
 
 

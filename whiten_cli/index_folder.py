@@ -19,7 +19,7 @@ from whiten_cli.index_docs import (DOCS_FILE, OFFSETS_FILE, Document, Hit, _doc_
                                   records_to_documents)
 from whiten_cli.index_faiss import build_faiss, faiss_search, normalized, tune_search
 from whiten_cli.index_plan import KINDS, plan_index
-from whiten_cli.storage import atomic_directory, check_writable_parent, locked, reading, reads_one_version
+from whiten_cli.storage import atomic_directory, check_folder_target, locked, reading, reads_one_version
 
 FORMAT = "whiten-index"
 FORMAT_VERSION = 1
@@ -512,11 +512,7 @@ def check_search_options(k: int, nprobe: int | None = None, ef: int | None = Non
 
 def check_target(target: Path) -> None:
     """Never replace a folder that is not a whiten index (a mistyped -o must not delete data)."""
-    if target.exists() and not target.is_dir():
-        raise WhitenError(f"{target}: exists and is not a folder")
-    if target.is_dir() and any(target.iterdir()) and not (target / METADATA_FILE).is_file():
-        raise WhitenError(f"{target}: exists and is not a whiten index; refusing to replace it")
-    check_writable_parent(target)
+    check_folder_target(target, METADATA_FILE, "a whiten index")
 
 
 def _now() -> str:

@@ -21,7 +21,7 @@ from whiten_cli import __version__
 from whiten_cli.encoder import POOLINGS
 from whiten_cli.errors import InputError, ParameterError, WhitenError
 from whiten_cli.projection import RandomProjection
-from whiten_cli.storage import atomic_directory, check_writable_parent, reads_one_version
+from whiten_cli.storage import atomic_directory, check_folder_target, reads_one_version
 from whiten_cli.whitening import Whitening
 
 FORMAT = "whiten-pipeline"
@@ -368,14 +368,7 @@ def _model_folder(model: dict, folder: Path) -> str | None:
 
 def check_output_folder(path: str | os.PathLike[str]) -> None:
     """Refuse to write a pipeline over something that is not an (empty or) pipeline folder."""
-    target = Path(path)
-    check_writable_parent(target)
-    if not target.exists():
-        return
-    if not target.is_dir():
-        raise WhitenError(f"{target}: exists and is not a folder; refusing to replace it with a pipeline (choose another --output)")
-    if any(target.iterdir()) and not (target / METADATA_FILE).is_file():
-        raise WhitenError(f"{target}: folder exists and is not a pipeline; refusing to replace its contents (choose another --output)")
+    check_folder_target(path, METADATA_FILE, "a pipeline")
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ import numpy as np
 from whiten_cli import __version__
 from whiten_cli.errors import InputError, WhitenError
 from whiten_cli.readers import DEFAULT_ID_NAMES, DEFAULT_TEXT_NAMES, Record, read_records
-from whiten_cli.storage import check_writable_parent
+from whiten_cli.storage import check_folder_target
 
 SHARD_SUFFIXES = (".txt", ".text", ".jsonl", ".ndjson", ".csv", ".tsv", ".tab", ".parquet")
 BLOCK_ROWS = 4096  # rows encoded together; fit_pipeline's chunk size, so sharded and single-file fits agree
@@ -158,13 +158,7 @@ def wants_folder(input_spec: str | os.PathLike[str], output: str | os.PathLike[s
 def check_vector_folder_target(output: str | os.PathLike[str]) -> None:
     """Never replace what is not a vector folder (a mistyped -o, the input folder itself) with one:
     the folder is swapped in whole, so whatever was there would be gone."""
-    target = Path(output)
-    if target.exists() and not target.is_dir():
-        raise WhitenError(f"{target}: exists and is not a folder; refusing to replace it with vector shards")
-    if target.is_dir() and any(target.iterdir()) and not (target / MANIFEST_FILE).is_file():
-        raise WhitenError(f"{target}: folder exists and is not a vector folder (no {MANIFEST_FILE}); refusing to "
-                          "replace its contents (choose another -o)")
-    check_writable_parent(target)
+    check_folder_target(output, MANIFEST_FILE, "a vector folder")
 
 
 class VectorFolderWriter:

@@ -75,10 +75,10 @@ def check_file_target(path: str | os.PathLike[str]) -> None:
     target = Path(path)
     if target.is_dir():
         raise WhitenError(f"{target}: is a folder; give a file name to write")
-    check_writable_parent(target)
+    _check_writable_parent(target)
 
 
-def check_writable_parent(target: Path) -> None:
+def _check_writable_parent(target: Path) -> None:
     """Refuse, before any work, an output whose folder cannot be made or written in (a file in the
     way, a read-only file system, no permission): it is written as a temporary sibling, then renamed."""
     for parent in target.parents:
@@ -89,6 +89,19 @@ def check_writable_parent(target: Path) -> None:
                 raise WhitenError(f"{target}: cannot be written: {parent} is not writable"
                                   + (" (read-only file system)" if _read_only(parent) else ""))
             return
+
+
+def check_folder_target(path: str | os.PathLike[str], marker: str, kind: str) -> None:
+    """Refuse, before any work, an output folder that cannot be written, or that holds something
+    other than ``kind`` (no ``marker`` file in it): it is swapped in whole, so what was there would be
+    gone (a mistyped -o, the input folder itself). An empty or missing folder is fine."""
+    target = Path(path)
+    if (target.exists() or target.is_symlink()) and not target.is_dir():
+        raise WhitenError(f"{target}: exists and is not a folder; refusing to replace it with {kind}")
+    if target.is_dir() and any(target.iterdir()) and not (target / marker).is_file():
+        raise WhitenError(f"{target}: folder exists and is not {kind} (no {marker}); refusing to replace its "
+                          "contents (choose another output)")
+    _check_writable_parent(target)
 
 
 def _read_only(folder: Path) -> bool:
