@@ -10,6 +10,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -20,6 +21,9 @@ from whiten_cli.index_docs import (DOCS_FILE, OFFSETS_FILE, Document, Hit, _doc_
 from whiten_cli.index_faiss import build_faiss, faiss_search, normalized, tune_search
 from whiten_cli.index_plan import KINDS, plan_index
 from whiten_cli.storage import atomic_directory, check_folder_target, locked, reading, reads_one_version
+
+if TYPE_CHECKING:
+    from whiten_cli.pipeline import Pipeline
 
 FORMAT = "whiten-index"
 FORMAT_VERSION = 1
@@ -352,7 +356,7 @@ class IndexHeader:
 
     folder: Path
     metadata: dict
-    pipeline: object
+    pipeline: Pipeline
     onnx_graph: Path | None
     ids: frozenset[str]
 
