@@ -58,6 +58,16 @@ def test_int8_quantizes_linear_layers(tiny_model):
                                          for m in encoder._model.modules())
 
 
+
+def test_int8_without_a_quantized_engine_is_one_line(tiny_model, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch._C, "_supported_qengines", lambda: [0])  # 0 is the "none" engine
+    assert torch.backends.quantized.supported_engines == ["none"]
+    with pytest.raises(WhitenError, match="--dtype int8: this CPU .* has no quantized engine"):
+        Encoder(str(tiny_model), pooling="cls", dtype="int8").encode(TEXTS[:2])
+
+
 @pytest.mark.parametrize("batch_size", [1, 3, 64])
 def test_batching_does_not_change_vectors(tiny_model, reference, batch_size):
     vectors = Encoder(str(tiny_model), pooling="first-last-avg", batch_size=batch_size).encode(TEXTS)

@@ -886,6 +886,10 @@ def _quantize_int8(model):
 
     import torch
 
+    engines = [engine for engine in torch.backends.quantized.supported_engines if engine != "none"]
+    if not engines:
+        raise WhitenError(f"--dtype int8: this CPU ({cpu_description()}) has no quantized engine in torch; "
+                          "use --dtype float32")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.ao.quantization announces its move to torchao
         return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
