@@ -18,6 +18,7 @@ from whiten_cli.pipeline import FitOptions, fit_pipeline
 AVX2 = ("AMD EPYC 7B13", frozenset({"avx", "avx2", "fma"}))
 AVX512_BF16 = ("AMD EPYC 9R14", frozenset({"avx2", "avx512f", "avx512_bf16"}))
 AMX = ("Intel Xeon Platinum 8488C", frozenset({"avx2", "avx512f", "avx512_bf16", "amx_bf16"}))
+ARM_BF16 = ("", frozenset({"fp", "asimd", "bf16", "i8mm"}))  # an aarch64 /proc/cpuinfo: Features, no model name
 
 
 @pytest.fixture
@@ -54,6 +55,16 @@ def test_auto_is_bfloat16_where_native_and_measured_faster(cpu, flags, native):
     assert choice.dtype == "bfloat16" and probed == [True]
     assert native in choice.reason and "2.4×" in choice.reason
 
+
+
+def test_arm_bfloat16_is_named_as_such(cpu, monkeypatch):
+    import platform
+
+    monkeypatch.setattr(platform, "machine", lambda: "aarch64")
+    cpu(ARM_BF16, speedup=1.9)
+    choice = choose_dtype("auto", "cpu")
+    assert choice.dtype == "bfloat16" and "ARM BF16" in choice.reason
+    assert enc.cpu_description() == "aarch64; bf16"  # no x86 flags listed as missing on an ARM CPU
 
 def test_auto_keeps_float32_where_native_bfloat16_measures_no_faster(cpu):
     cpu(AVX512_BF16, speedup=0.9)

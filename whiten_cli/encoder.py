@@ -779,15 +779,19 @@ def cpu_flags() -> tuple[str, frozenset[str]]:
 
 
 def cpu_description() -> str:
-    """The CPU's name and its flags that decide bfloat16 speed, e.g. ``AMD EPYC; avx2, no avx512_bf16/amx_bf16``."""
+    """The CPU's name and its flags that decide bfloat16 speed, e.g. ``AMD EPYC; avx2, no avx512_bf16/amx_bf16``
+    on x86, ``aarch64; bf16`` on an ARM CPU whose /proc/cpuinfo names no model."""
+    import platform
+
     name, flags = cpu_flags()
     if not flags:
-        import platform
-
         return platform.processor() or platform.machine()
-    have = [flag for flag in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "bf16") if flag in flags]
+    name = name or platform.machine() or "unknown CPU"
+    if not {"sse2", "avx2"} & flags:
+        return f"{name}; {'bf16' if 'bf16' in flags else 'no bf16'}"
+    have = [flag for flag in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if flag in flags]
     lacking = [flag for flag in ("avx512_bf16", "amx_bf16") if flag not in flags]
-    return f"{name or 'unknown CPU'}; {', '.join(have) or 'no avx2'}" + (f", no {'/'.join(lacking)}" if lacking else "")
+    return f"{name}; {', '.join(have) or 'no avx2'}" + (f", no {'/'.join(lacking)}" if lacking else "")
 
 
 def cpu_bfloat16_support() -> str | None:
