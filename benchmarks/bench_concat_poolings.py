@@ -74,7 +74,7 @@ def main() -> None:
 
     names = list(sets)
     print(f"fit on {args.fit_on}; k={args.k}; DEV {args.dev}; held out {', '.join(names[1:])}")
-    print(f"{"vectors":38}" + "".join(f"{n[:12]:>13}" for n in names) + f"{'held-out avg':>14}")
+    print(f"{'vectors':38}" + "".join(f"{n[:12]:>13}" for n in names) + f"{'held-out avg':>14}")
     own = [(encoder.pooling, 1.0)]
     rows = [("raw (model's pooling)", own, 0), (f"PCA k={args.k}", own, args.k)]
     rows += [(f"PCA k={args.k} of + {p} ×{w:g}", [*own, (p, w)], args.k) for p in SECOND for w in WEIGHTS]
