@@ -191,6 +191,22 @@ def test_malformed_sts_files_name_file_and_line(tmp_path, files, message):
         load_dataset(str(tmp_path))
 
 
+
+@pytest.mark.parametrize(
+    "name, content",
+    [
+        ("pairs.tsv", "a cat\tthe cat\tnan\nx\ty\t1\n"),  # headerless pairs: NaN on the first line
+        ("pairs.tsv", "a\tb\t1\nx\ty\tinf\n"),
+        ("sts-dev.csv", "main-captions\tMSRvid\t2012test\t0001\tnan\tA man.\tA dog.\n"),  # STS-B layout
+    ],
+    ids=["headerless-nan-first", "headerless-inf", "stsb-nan"],
+)
+def test_non_finite_scores_are_named_by_line_in_every_layout(tmp_path, name, content):
+    path = write(tmp_path / name, content)
+    line = 1 + next(i for i, row in enumerate(content.splitlines()) if "nan" in row or "inf" in row)
+    with pytest.raises(InputError, match=rf"{name}:{line}: score '(nan|inf)' is not a finite number"):
+        load_dataset(str(path))
+
 def test_two_release_folders_inside_one_are_refused(tmp_path):
     write_year(tmp_path / "STS16" / "a", 16, official=False)
     write_year(tmp_path / "STS16" / "b", 16, official=True)

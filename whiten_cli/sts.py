@@ -236,7 +236,7 @@ def _load_file(path: Path, name: str) -> PairSet:
     header = next(csv.reader([first])) if delimiter == "," else first.split(delimiter)
     if _sentence_columns([column.strip() for column in header]) is not None:
         return _load_header_table(path, name, lines, delimiter)
-    if suffix == ".data" or (delimiter == "\t" and len(header) == 3 and _is_number(header[2])):
+    if suffix == ".data" or (delimiter == "\t" and len(header) == 3 and _is_float(header[2])):
         # sentence1 <tab> sentence2 <tab> score, no header: the Chinese sets' .data, and what users write
         rows = _split_rows(path, lines, 3)
         return _pair_set(path, name, lines, [(number, row[0], row[1], row[2]) for number, row in rows])
@@ -253,19 +253,29 @@ def _sentence_columns(names) -> tuple[str, str] | None:
 
 def _looks_like_stsb(line: str) -> bool:
     columns = line.split("\t")
-    return 7 <= len(columns) <= 9 and _is_number(columns[4])
+    return 7 <= len(columns) <= 9 and _is_float(columns[4])
 
 
-def _is_number(text: str) -> bool:
+def _is_float(text: str) -> bool:
+    """Parses as a float, NaN and infinity included (a layout is recognised by it; :func:`_score` then
+    refuses the non-finite ones by line)."""
     try:
-        return math.isfinite(float(text))
+        float(text)
+        return True
     except ValueError:
         return False
 
 
+def _is_number(text: str) -> bool:
+    return _is_float(text) and math.isfinite(float(text))
+
+
 def _score(path: Path, value: object, line: int) -> float:
-    if isinstance(value, (str, int, float)) and not isinstance(value, bool) and _is_number(str(value)):
-        return float(value)
+    if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        if _is_number(str(value)):
+            return float(value)
+        if _is_float(str(value)):
+            raise InputError(path, f"score {value!r} is not a finite number", line)
     raise InputError(path, f"score {value!r} is not a number", line)
 
 
