@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 from conftest import HIDDEN, sample_sentences, write
 from test_cli import assert_one_line_error
 from whiten_cli.cli import app
-from whiten_cli.compare import EPSILON, Gaussian, distances
+from whiten_cli.compare import EPSILON, Gaussian, distances, load_source
 from whiten_cli.pipeline import ARRAYS_FILE, Pipeline
 
 runner = CliRunner()
@@ -227,3 +227,7 @@ def test_wrongly_shaped_eigenvectors_are_refused(tmp_path, tiny_model, corpora):
     with pytest.raises(WhitenError, match=r"'eigenvectors' has shape \(32, 3\)"):
         Pipeline.load(folder)
 
+
+def test_a_pairs_file_side_is_its_distinct_sentences(tmp_path):
+    pairs = write(tmp_path / "dev.tsv", "sentence1\tsentence2\tscore\na b\tc d\t1\nc d\te f\t2\n")
+    assert load_source(str(pairs)).texts == ["a b", "c d", "e f"]

@@ -9,6 +9,7 @@ from typer.testing import CliRunner
 from conftest import HIDDEN, sample_sentences, write
 from test_cli import assert_nothing_written, assert_one_line_error
 from whiten_cli.cli import app
+from whiten_cli.errors import WhitenError
 from whiten_cli.evaluate import cosine_similarity_pairs, spearman
 from whiten_cli.pipeline import Pipeline
 from whiten_cli.tune import (
@@ -99,6 +100,19 @@ def test_corpus_texts_from_a_pairs_file_and_a_text_file(dev_file, corpus_file, s
     assert corpus_texts(str(corpus_file)).texts == sentences[120:]
     twice = write(tmp_path / "twice.tsv", "sentence1\tsentence2\tscore\na b\ta b\t1\na b\tc d\t2\n")
     assert corpus_texts(str(twice)).texts == ["a b", "c d"]
+    jsonl = write(tmp_path / "texts.jsonl", '{"text": "a b"}\n{"text": "c d"}\n')
+    assert corpus_texts(str(jsonl)).texts == ["a b", "c d"]  # no pairs fields: texts
+
+
+@pytest.mark.parametrize("name, content, line", [
+    ("pairs.txt", "a b\tc d\t1\ne f\tg h\t2\ni j\tk l\tlots\n", 3),  # headerless pairs, a bad score
+    ("pairs.jsonl", '{"sentence1": "a", "sentence2": "b", "score": 1}\n{"text": "c d"}\n', 2),
+], ids=["headerless-bad-score", "jsonl-row-without-pairs"])
+def test_a_broken_pairs_file_is_an_error_not_a_text_corpus(tmp_path, name, content, line):
+    """Its lines were read as texts (tabs and scores in them), silently, when one was bad."""
+    path = write(tmp_path / name, content)
+    with pytest.raises(WhitenError, match=rf"{name}:{line}: "):
+        corpus_texts(str(path))
 
 
 # --- choosing ------------------------------------------------------------------------------------

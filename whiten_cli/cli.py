@@ -943,7 +943,7 @@ def _tune_report(result, datasets, poolings) -> str:
 
 @app.command()
 def compare(
-    a: Annotated[str, typer.Argument(help="A: a text file (encoded), a .npy of pooled vectors, or a pipeline folder (its fitted μ and Σ).")],
+    a: Annotated[str, typer.Argument(help="A: a text file or dataset name / pairs file (its distinct sentences; encoded), a .npy of pooled vectors, or a pipeline folder (its fitted μ and Σ).")],
     b: Annotated[str, typer.Argument(help="B: the same kinds; with a pipeline as A, a new corpus also gets its drift under the pipeline's whitening.")],
     model: ModelOpt = None,
     pooling: PoolingOpt = None,

@@ -172,11 +172,13 @@ class Source:
 
 
 def load_source(spec: str, field: str | None = None) -> Source:
+    """One side of a comparison: a pipeline folder, a .npy of pooled vectors, or texts to encode (a
+    dataset name or pairs file gives its distinct sentences, as ``tune --fit-on`` reads them)."""
     from pathlib import Path
 
     from whiten_cli.errors import InputError
     from whiten_cli.pipeline import METADATA_FILE, Pipeline
-    from whiten_cli.readers import read_texts
+    from whiten_cli.sts import corpus_sentences
 
     path = Path(spec)
     if path.is_dir():
@@ -199,7 +201,7 @@ def load_source(spec: str, field: str | None = None) -> Source:
             raise InputError(path, "holds NaN or infinite values")
         _check_count(spec, array.shape[0], "vector")
         return Source(spec, vectors=np.asarray(array, dtype=np.float64))
-    texts = read_texts(path, field=field, skip_empty=True)
+    texts = corpus_sentences(spec, field)
     _check_count(spec, len(texts), "text")
     return Source(spec, texts=texts)
 

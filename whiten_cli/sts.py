@@ -113,6 +113,25 @@ class Dataset:
         return halves
 
 
+class NotPairsError(InputError):
+    """A file in no pairs layout at all (as against a pairs file with a bad line): callers that also
+    take plain texts read it as texts instead."""
+
+
+def corpus_sentences(spec: str, field: str | None = None) -> list[str]:
+    """Texts to fit or compare on: the distinct sentences of a dataset name, folder or pairs file;
+    any other file read as ``fit`` reads it (:func:`~whiten_cli.readers.read_texts`, empty lines skipped)."""
+    from whiten_cli.readers import read_texts
+
+    path = Path(spec).expanduser()
+    if path.is_file() and spec.strip().lower() not in NAMED:
+        try:
+            return list(dict.fromkeys(load_dataset(spec).sentences))
+        except NotPairsError:
+            return read_texts(path, field=field, skip_empty=True)
+    return list(dict.fromkeys(load_dataset(spec).sentences))
+
+
 def sts_dir() -> Path:
     """The STS data folder: ``$WHITEN_STS_DIR``, else ``../shared/data/sts`` beside the working
     folder or beside the repository; the first candidate when none exists, so errors can name it."""
@@ -314,7 +333,7 @@ def _load_header_table(path: Path, name: str, lines: Lines, delimiter: str) -> P
     sentences = _sentence_columns(header)
     score_name = next((column for column in SCORE_COLUMNS if column in header), None)
     if sentences is None:
-        raise InputError(
+        raise NotPairsError(
             path,
             f"unknown format: expected STS-B, SICK, SentEval, .data, or a header with columns "
             f"{' and '.join(SENTENCE_COLUMNS[0])} (or {' and '.join(SENTENCE_COLUMNS[1])}) and a score "
@@ -360,7 +379,8 @@ def _load_objects(path: Path, name: str, rows, lines: Lines) -> PairSet:
     for number, row in rows:
         sentences = _sentence_columns(row)
         if sentences is None:
-            raise InputError(path, "no fields 'sentence1' and 'sentence2' (nor 'sentence_A' and 'sentence_B')", number)
+            error = NotPairsError if not pairs else InputError  # a later row without them: a broken pairs file
+            raise error(path, "no fields 'sentence1' and 'sentence2' (nor 'sentence_A' and 'sentence_B')", number)
         score_key = next((key for key in SCORE_COLUMNS if key in row), None)
         if score_key is None:
             raise InputError(path, f"no score field ({', '.join(SCORE_COLUMNS)})", number)

@@ -107,19 +107,9 @@ class Corpus:
 def corpus_texts(spec: str, field: str | None = None) -> Corpus:
     """A fit corpus: a dataset name or pairs file (its distinct sentences), else a text file
     (.txt, .jsonl, .csv, .tsv, as ``fit`` reads it; empty lines skipped)."""
-    from pathlib import Path
+    from whiten_cli.sts import corpus_sentences
 
-    from whiten_cli.readers import read_texts
-    from whiten_cli.sts import NAMED, load_dataset
-
-    path = Path(spec).expanduser()
-    if path.is_file() and spec.strip().lower() not in NAMED:
-        try:
-            texts = list(dict.fromkeys(load_dataset(spec).sentences))
-        except WhitenError:  # not a pairs file: plain texts
-            texts = read_texts(path, field=field, skip_empty=True)
-    else:
-        texts = list(dict.fromkeys(load_dataset(spec).sentences))
+    texts = corpus_sentences(spec, field)
     if len(texts) < 2:
         raise WhitenError(f"{spec}: {len(texts)} distinct text{'s' * (len(texts) != 1)}; a fit corpus needs at "
                           "least 2 (a mean and a covariance)")
