@@ -77,6 +77,17 @@ def test_fit_on_corpus_and_pipeline(tiny_model, pairs_file, tmp_path):
     assert rows[("cls", "pipeline")]["spearman"] == pytest.approx(on_corpus[("cls", "k=16")]["spearman"], abs=1e-6)
 
 
+def test_fit_on_a_pairs_file_or_dataset_uses_its_distinct_sentences(tiny_model, pairs_file, tmp_path):
+    lines = pairs_file.read_text().splitlines()[1:]
+    distinct = dict.fromkeys(text for line in lines for text in line.split("\t")[:2])
+    as_texts = write(tmp_path / "distinct.txt", "\n".join(distinct) + "\n")
+    scores = []
+    for corpus in (pairs_file, as_texts):
+        result, output = run(pairs_file, "--model", tiny_model, "--pooling", "cls", "--fit-on", corpus, "-k", "16", "--json")
+        assert result.exit_code == 0, output
+        scores.append(report_of(result.stdout)[1][("cls", "k=16")]["spearman"])
+    assert scores[0] == pytest.approx(scores[1], abs=1e-9)
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

@@ -471,7 +471,7 @@ def _numbers(values: list[str], flag: str, kind: type) -> list:
 def eval_(
     datasets: Annotated[list[str], typer.Argument(help="STS data: names (stsb, stsb-dev, sick, sts12..sts16, stsb-zh, atec, bq, lcqmc, pawsx) under $WHITEN_STS_DIR, or files/folders.")],
     pipeline_dir: Annotated[Optional[Path], typer.Option("--pipeline", help="Evaluate a fitted pipeline folder against raw vectors.")] = None,
-    fit_on: Annotated[str, typer.Option("--fit-on", help="Fit whitening on 'target' (each dataset's own sentences, as the paper) or on a corpus file.")] = "target",
+    fit_on: Annotated[str, typer.Option("--fit-on", help="Fit whitening on 'target' (each dataset's own sentences, as the paper) or on a corpus: a text file, or a dataset name or pairs file (its distinct sentences).")] = "target",
     model: ModelOpt = None,
     pooling: Annotated[Optional[list[str]], typer.Option("--pooling", "-p", help="Pooling(s) to compare, repeated or comma-separated.")] = None,
     k: Annotated[Optional[list[str]], typer.Option("-k", "--dim", help="Dimensions kept, repeated or comma-separated; 'all' keeps every one [default: all].")] = None,
@@ -499,11 +499,10 @@ def eval_(
     import json
 
     from whiten_cli import __version__
-    from whiten_cli.sts import load_dataset
     from whiten_cli.encoder import check_pooling
     from whiten_cli.evaluate import RAW, Variant, plot_spearman_vs_k, pyplot, run_evaluation
-    from whiten_cli.readers import read_texts
     from whiten_cli.storage import atomic_write
+    from whiten_cli.sts import corpus_sentences, load_dataset
 
     if metric not in ("spearman", "pearson"):
         raise WhitenError(f"--metric must be spearman or pearson, got {metric!r}")
@@ -542,9 +541,9 @@ def eval_(
                 raise WhitenError(f"-k must be between 1 and the model's dimension {encoder.dim}, got {n}")
         fit_source = "target"
         if fit_on != "target":
-            fit_source = read_texts(Path(fit_on), field=field, skip_empty=True)
+            fit_source = corpus_sentences(fit_on, field)
             if len(fit_source) < 2:
-                raise InputError(fit_on, "1 text; whitening is fitted on at least 2 (a mean and a covariance)")
+                raise InputError(fit_on, f"{len(fit_source)} text; whitening is fitted on at least 2 (a mean and a covariance)")
     total = sum(2 * d.pairs for d in loaded) + (0 if isinstance(fit_source, str) else len(fit_source))
     with _ProgressBar("encoding", quiet) as bar:
         rows = run_evaluation(loaded, encoder, poolings, variants, fit_on=fit_source, pipeline=pipe, progress=bar)
