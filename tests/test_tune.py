@@ -102,6 +102,8 @@ def test_corpus_texts_from_a_pairs_file_and_a_text_file(dev_file, corpus_file, s
     assert corpus_texts(str(twice)).texts == ["a b", "c d"]
     jsonl = write(tmp_path / "texts.jsonl", '{"text": "a b"}\n{"text": "c d"}\n')
     assert corpus_texts(str(jsonl)).texts == ["a b", "c d"]  # no pairs fields: texts
+    assert corpus_texts(str(twice), field="sentence2").texts == ["a b", "c d"]  # a column named: that column
+    assert corpus_texts(str(twice), field="sentence1").texts == ["a b", "a b"]
 
 
 @pytest.mark.parametrize("name, content, line", [

@@ -120,11 +120,14 @@ class NotPairsError(InputError):
 
 def corpus_sentences(spec: str, field: str | None = None) -> list[str]:
     """Texts to fit or compare on: the distinct sentences of a dataset name, folder or pairs file;
-    any other file read as ``fit`` reads it (:func:`~whiten_cli.readers.read_texts`, empty lines skipped)."""
+    any other file, or any file with a ``field`` named, read as ``fit`` reads it
+    (:func:`~whiten_cli.readers.read_texts`, empty lines skipped)."""
     from whiten_cli.readers import read_texts
 
     path = Path(spec).expanduser()
     if path.is_file() and spec.strip().lower() not in NAMED:
+        if field is not None:
+            return read_texts(path, field=field, skip_empty=True)
         try:
             return list(dict.fromkeys(load_dataset(spec).sentences))
         except NotPairsError:
