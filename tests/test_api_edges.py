@@ -161,3 +161,133 @@ def test_tampered_pipeline_json_is_refused(tmp_path, fitted, edit, message):
     folder = _tampered(tmp_path, fitted, edit)
     with pytest.raises(WhitenError, match=rf"pipeline\.json: not valid pipeline metadata \({message}"):
         whiten_cli.load(folder)
+
+
+# --- texts, encoders and fitting -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def encoder(tiny_model):
+    from whiten_cli.encoder import Encoder
+
+    return Encoder(str(tiny_model), pooling="cls", dtype="float32", batch_size=8)
+
+
+@pytest.mark.parametrize("option, value", [("batch_size", 2.5), ("batch_size", True), ("batch_size", "8"),
+                                           ("max_length", 10.5), ("threads", 1.5)])
+def test_encoder_counts_must_be_integers(tiny_model, option, value):
+    """batch_size=2.5 made an encoder whose batches were sliced by a float; threads=1.5 failed in torch."""
+    from whiten_cli.encoder import Encoder
+
+    with pytest.raises(ParameterError, match=rf"^{option} must be an integer, got {value!r}"):
+        Encoder(str(tiny_model), **{option: value})
+
+
+def test_encoder_takes_a_path_object_and_names_a_bad_model(tiny_model, encoder):
+    from whiten_cli.encoder import Encoder
+
+    assert Encoder(tiny_model, pooling="cls").source.fingerprint == encoder.source.fingerprint  # was an AttributeError
+    with pytest.raises(ParameterError, match=r"^model must be a folder, a hub id or None, got 123"):
+        Encoder(123)
+
+
+def test_encoder_device_is_named_as_a_parameter(tiny_model):
+    """The library said '--device bogus', a flag a Python caller never gave; the command line still does."""
+    from whiten_cli.encoder import Encoder
+
+    with pytest.raises(ParameterError, match=r"^device bogus: ") as caught:
+        Encoder(str(tiny_model), device="bogus")
+    assert caught.value.naming("--device").startswith("--device bogus: ")
+
+
+@pytest.mark.parametrize("texts", [{"the cat", "a dog"}, {"the cat": 1, "a dog": 2}, frozenset({"the cat"})])
+def test_unordered_texts_are_refused(encoder, texts):
+    """A set has no order for the rows to follow, and a dict gave its keys' vectors."""
+    with pytest.raises(ParameterError, match=r"^texts must be a str or a sequence of str, not"):
+        encoder.encode(texts)
+
+
+def test_one_pooling_given_as_a_str_is_not_split_into_letters(encoder):
+    """poolings="cls" was read as the poolings 'c', 'l', 's': "unknown pooling 'c'"."""
+    vectors = encoder.encode_poolings(["the cat"], "cls")
+    np.testing.assert_array_equal(vectors["cls"], encoder.encode(["the cat"]))
+
+
+def test_fit_pipeline_texts(encoder):
+    """A str was cut into chunks of characters and failed as 'expected vectors of dimension 32, got
+    shape (32,)'; a generator failed as 'object of type generator has no len()'."""
+    from whiten_cli.pipeline import fit_pipeline
+
+    texts = sample_sentences(30)
+    with pytest.raises(ParameterError, match=r"^texts must be a sequence of texts, got a single str"):
+        fit_pipeline("the cat sat on the mat", encoder, FitOptions())
+    expected = fit_pipeline(texts, encoder, FitOptions(n_components=4))
+    from_generator = fit_pipeline((text for text in texts), encoder, FitOptions(n_components=4))
+    np.testing.assert_array_equal(from_generator.whitening.kernel, expected.whitening.kernel)
+
+
+@pytest.mark.parametrize("keywords, message", [
+    ({"chunk_size": 0}, r"^chunk_size must be at least 1, got 0"),  # was range()'s ValueError
+    ({"chunk_size": -1}, r"^chunk_size must be at least 1, got -1"),  # fitted on nothing: 'got 0 vectors'
+    ({"chunk_size": 2.5}, r"^chunk_size must be an integer"),
+    ({"options": {"n_components": 4}}, r"^options must be FitOptions, got dict"),  # was an AttributeError
+])
+def test_fit_pipeline_arguments(encoder, keywords, message):
+    from whiten_cli.pipeline import fit_pipeline
+
+    arguments = {"options": FitOptions(), **keywords}
+    with pytest.raises(ParameterError, match=message):
+        fit_pipeline(sample_sentences(10), encoder, **arguments)
+
+
+def test_pipeline_encode_refuses_an_encoder_of_another_model_or_pooling(encoder, other_tiny_model):
+    """Vectors of another model (same dimension) or pooling were whitened with this pipeline's kernel
+    without a word: a wrong result."""
+    from whiten_cli.encoder import Encoder
+    from whiten_cli.pipeline import fit_pipeline
+
+    pipeline = fit_pipeline(sample_sentences(30), encoder, FitOptions(n_components=4))
+    assert pipeline.encode(["the cat"], encoder).shape == (1, 4)
+    other = Encoder(str(other_tiny_model), pooling="cls", dtype="float32")
+    with pytest.raises(WhitenError, match=r"is not the model this pipeline was fitted on"):
+        pipeline.encode(["the cat"], other)
+    mean_pooled = Encoder(encoder.source.path, pooling="last-avg", dtype="float32")
+    with pytest.raises(ParameterError, match=r"^encoder pools with 'last-avg', but this pipeline was fitted on 'cls'"):
+        pipeline.encode(["the cat"], mean_pooled)
+
+
+@pytest.mark.parametrize("keywords, message", [
+    ({"n_components": 0}, r"^n_components must be at least 1, got 0"),  # refused only after encoding
+    ({"n_components": 2.5}, r"^n_components must be an integer"),
+    ({"gamma": "1"}, r"^gamma must be a number in \[0, 1\]"),
+])
+def test_evaluation_variants_are_checked_when_made(keywords, message):
+    from whiten_cli.evaluate import Variant
+
+    with pytest.raises(ParameterError, match=message):
+        Variant(**keywords)
+
+
+def test_tune_max_dim_is_a_parameter_checked_before_encoding(encoder):
+    """The library named the flag --max-dim, after encoding every text."""
+    from whiten_cli.tune import tune
+
+    class Dev:
+        name = "dev"
+        sentences = ["never encoded"] * 6
+        subsets = [type("Subset", (), {"scores": np.array([0.0, 1.0, 2.0]), "path": None})()]
+
+    encoded = encoder.encoded
+    with pytest.raises(ParameterError, match=r"^max_dim must be between 1 and the vector dimension 32, got 33"):
+        tune([Dev()], [], encoder, ["cls"], 33)
+    assert encoder.encoded == encoded
+
+
+def test_load_dataset_takes_a_path_object(tmp_path):
+    from whiten_cli.sts import load_dataset
+
+    file = tmp_path / "pairs.tsv"
+    file.write_text("sentence1\tsentence2\tscore\nthe cat\ta cat\t4\nthe dog\ta car\t1\n", encoding="utf-8")
+    assert load_dataset(file).pairs == 2  # was AttributeError: 'PosixPath' object has no attribute 'strip'
+    with pytest.raises(ParameterError, match=r"^spec must be a dataset name or a path, got None"):
+        load_dataset(None)
