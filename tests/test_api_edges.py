@@ -291,3 +291,80 @@ def test_load_dataset_takes_a_path_object(tmp_path):
     assert load_dataset(file).pairs == 2  # was AttributeError: 'PosixPath' object has no attribute 'strip'
     with pytest.raises(ParameterError, match=r"^spec must be a dataset name or a path, got None"):
         load_dataset(None)
+
+
+# --- the vector index ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def index(encoder):
+    from whiten_cli.index import VectorIndex
+    from whiten_cli.pipeline import fit_pipeline
+
+    texts = sample_sentences(30)
+    pipeline = fit_pipeline(texts, encoder, FitOptions(n_components=4))
+    return VectorIndex.build(pipeline.encode(texts, encoder), texts, pipeline, kind="flat")
+
+
+def test_one_query_text_is_not_split_into_letters(index):
+    """search_texts("the cat") searched the 7 queries 't', 'h', 'e', ...; encode("the cat") gave 7 vectors."""
+    hits = index.search_texts("the cat", 3)
+    assert len(hits) == 1 and hits == index.search_texts(["the cat"], 3)
+    np.testing.assert_array_equal(index.encode("the cat"), index.encode(["the cat"])[0])
+
+
+@pytest.mark.parametrize("docs, message", [
+    ("one doc", r"^docs must be a sequence of texts or Documents, got a single str"),  # 7 documents, one per letter
+    (["fine", None], r"^docs\[1\] is NoneType, not str or Document"),  # indexed as the text 'None'
+    (["fine", 5], r"^docs\[1\] is int, not str or Document"),
+])
+def test_documents_must_be_texts(index, docs, message):
+    from whiten_cli.index import VectorIndex
+
+    n = 1 if isinstance(docs, str) else len(docs)
+    vectors = np.ones((n, index.dim))
+    with pytest.raises(ParameterError, match=message):
+        VectorIndex.build(vectors, docs, index.pipeline, kind="flat")
+    with pytest.raises(ParameterError, match=message):
+        index.add(vectors, docs)
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"k": 2.5}, r"^k must be an integer, got 2\.5"),  # FAISS: 'float' object cannot be interpreted as an integer
+    ({"k": True}, r"^k must be an integer, got True"),
+    ({"k": None}, r"^k must be an integer, got None"),
+    ({"ef": 2.5}, r"^ef must be an integer, got 2\.5"),  # was truncated to 2 without a word
+    ({"threshold": "0.5"}, r"^threshold must be a number, got '0\.5'"),
+])
+def test_search_options_must_be_of_their_type(index, options, message):
+    queries = index.encode(["the cat"])
+    with pytest.raises(ParameterError, match=message):
+        index.search(queries, **{"k": 3, **options})
+    with pytest.raises(ParameterError, match=message):
+        index.search_texts(["the cat"], **{"k": 3, **options})
+
+
+def test_a_numpy_integer_k_is_a_k(index):
+    """FAISS's SWIG wrapper refused np.int64 ('Wrong number or type of arguments')."""
+    queries = index.encode(["the cat"])
+    assert index.search(queries, np.int64(3)) == index.search(queries, 3)
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"nlist": 2.5}, r"^nlist must be an integer, got 2\.5"),  # "too few vectors to train 2.5 lists"
+    ({"nprobe": 2.5}, r"^nprobe must be an integer, got 2\.5"),  # stored; the saved index did not load
+    ({"max_memory": "1G"}, r"^max_memory must be an integer, got '1G'"),
+    ({"seed": -1}, r"^seed must be between 0 and 2147483647, got -1"),
+    ({"seed": 2**40}, r"^seed must be between 0 and 2147483647"),  # FAISS: OverflowError
+])
+def test_build_options_must_be_of_their_type_and_range(index, options, message):
+    from whiten_cli.index import VectorIndex
+
+    vectors = index.encode(sample_sentences(30))
+    with pytest.raises(ParameterError, match=message):
+        VectorIndex.build(vectors, sample_sentences(30), index.pipeline, kind="flat", **options)
+
+
+def test_document_row_must_be_an_integer(index):
+    with pytest.raises(ParameterError, match=r"^row must be an integer, got 2\.5"):
+        index.document(2.5)
