@@ -8,7 +8,7 @@ import pytest
 
 from conftest import quiet_torch, sample_sentences
 from whiten_cli.encoder import Encoder, _autocast, _batches
-from whiten_cli.errors import WhitenError
+from whiten_cli.errors import ParameterError, WhitenError
 
 TEXTS = sample_sentences(40, seed=7) + [" ".join(["the big dog runs fast in the cold rain"] * 6)]
 
@@ -129,8 +129,9 @@ def test_device_errors(tiny_model):
 
     with pytest.raises(WhitenError, match="CPU only"):
         Encoder(str(tiny_model), device="cuda", dtype="int8")
-    with pytest.raises(WhitenError, match="--device"):
+    with pytest.raises(ParameterError, match="^device no-such-device: ") as caught:  # the Python parameter
         Encoder(str(tiny_model), device="no-such-device")
+    assert caught.value.naming("--device").startswith("--device no-such-device: ")  # what the CLI prints
     if not torch.cuda.is_available():
         with pytest.raises(WhitenError, match="CUDA is not available"):
             Encoder(str(tiny_model), device="cuda", dtype="bfloat16")

@@ -29,7 +29,7 @@ _FLAGS = {"n_components": "-k/--dim", "k": "-k", "jl_dim": "--jl-dim", "max_leng
           "gamma": "--gamma", "format": "--format", "quantize": "--quantize", "force": "--force",
           "whiten": "--no-whiten", "hnsw_m": "--hnsw-m", "nlist": "--nlist", "pq_m": "--pq-m", "nprobe": "--nprobe",
           "ef": "--ef", "max_memory": "--max-memory", "seed": "--seed",
-          "threshold": "--threshold", "resamples": "--resamples"}
+          "threshold": "--threshold", "resamples": "--resamples", "device": "--device", "max_dim": "--max-dim"}
 
 
 class _Group(TyperGroup):

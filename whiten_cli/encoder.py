@@ -21,7 +21,7 @@ import pickle
 import re
 import time
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -325,13 +325,19 @@ class Encoder:
         cache=None,
         threads: int | None = None,
     ):
-        if max_length is not None and max_length < 2:
+        from whiten_cli import checks
+
+        if model is not None and not isinstance(model, str):
+            if not isinstance(model, os.PathLike):
+                raise ParameterError("model", f"must be a folder, a hub id or None, got {model!r}")
+            model = os.fspath(model)
+        if max_length is not None and checks.integer(max_length, "max_length") < 2:
             raise ParameterError("max_length", f"must be at least 2, got {max_length}")
-        if batch_size < 1:
+        if checks.integer(batch_size, "batch_size") < 1:
             raise ParameterError("batch_size", f"must be positive, got {batch_size}")
         if dtype not in DTYPES:
             raise WhitenError(f"unknown dtype {dtype!r} (choose from {', '.join(DTYPES)})")
-        if threads is not None and threads < 1:
+        if threads is not None and checks.integer(threads, "threads") < 1:
             raise ParameterError("threads", f"must be positive, got {threads}")
         _check_device(device, dtype)
         choice = choose_dtype(dtype, device)
@@ -415,6 +421,8 @@ class Encoder:
         if isinstance(texts, str):
             return {pooling: vectors[0] for pooling, vectors in self.encode_poolings([texts], poolings, progress=progress).items()}
         texts = _checked_texts(texts)
+        if isinstance(poolings, str):  # one pooling, not its letters
+            poolings = [poolings]
         poolings = list(dict.fromkeys(check_pooling(pooling) for pooling in poolings))
         dims = {pooling: self.dim_of(pooling) for pooling in poolings}
         if len(texts) == 0:
@@ -571,13 +579,14 @@ def software_versions() -> tuple[str, ...]:
 
 def _checked_texts(texts) -> Sequence[str]:
     """``texts`` as a sequence of str: a number or None among them would be tokenized as some other
-    text (or fail deep in the tokenizer), so it is refused with its position."""
-    if isinstance(texts, bytes) or not isinstance(texts, Iterable):
-        raise TypeError(f"texts must be a str or a sequence of str, not {type(texts).__name__}")
+    text (or fail deep in the tokenizer), so it is refused with its position. A set has no order to
+    give the rows, and a mapping's keys are not likely the texts meant: both are refused."""
+    if isinstance(texts, (bytes, Set, Mapping)) or not isinstance(texts, Iterable):
+        raise ParameterError("texts", f"must be a str or a sequence of str, not {type(texts).__name__}")
     texts = texts if isinstance(texts, Sequence) else list(texts)
     for position, text in enumerate(texts):
         if not isinstance(text, str):
-            raise TypeError(f"texts[{position}] is {type(text).__name__}, not str")
+            raise ParameterError("texts", f"{{name}}[{position}] is {type(text).__name__}, not str")
     return texts
 
 
@@ -705,12 +714,12 @@ def _check_device(device: str, dtype: str) -> None:
 
     try:
         kind = torch.device(device).type
-    except (RuntimeError, ValueError) as exc:
-        raise WhitenError(f"--device {device}: {exc}") from None
+    except (RuntimeError, ValueError, TypeError) as exc:
+        raise ParameterError("device", f"{{name}} {device}: {exc}") from None
     if kind == "meta":
-        raise WhitenError(f"--device {device}: holds no data (tensors without values); use cpu or cuda")
+        raise ParameterError("device", f"{{name}} {device}: holds no data (tensors without values); use cpu or cuda")
     if kind == "cuda" and not torch.cuda.is_available():
-        raise WhitenError(f"--device {device}: CUDA is not available on this machine")
+        raise ParameterError("device", f"{{name}} {device}: CUDA is not available on this machine")
 
 
 @dataclass(frozen=True)

@@ -20,9 +20,11 @@ class WhitenError(ValueError):
     A ValueError, so that library callers catching bad values catch it too."""
 
 
-class ParameterError(WhitenError):
+class ParameterError(WhitenError, TypeError):
     """A bad argument value. The message names the Python parameter (``n_components must be ...``);
     the command line names its flag instead (``-k/--dim must be ...``), from :attr:`parameter`.
+
+    Also a TypeError, as a value of the wrong type (``n_components=2.5``, ``texts=None``) is one.
 
     ``reason`` follows the name, or holds ``{name}`` where the name goes."""
 

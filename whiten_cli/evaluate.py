@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import ArrayLike
 
+from whiten_cli import checks
 from whiten_cli.errors import ParameterError, WhitenError
 
 
@@ -133,9 +134,9 @@ class Variant:
     def __post_init__(self) -> None:
         """Checked when made, so that a bad value is refused before any sentence is encoded."""
         for name in ("beta", "gamma"):
-            value = getattr(self, name)
-            if not 0 <= value <= 1:
-                raise ParameterError(name, f"must be in [0, 1], got {value}")
+            checks.fraction(getattr(self, name), name)
+        if self.n_components is not None and checks.integer(self.n_components, "n_components") < 1:
+            raise ParameterError("n_components", f"must be at least 1, got {self.n_components}")
 
     @property
     def label(self) -> str:

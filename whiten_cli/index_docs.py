@@ -12,7 +12,7 @@ from typing import BinaryIO
 
 import numpy as np
 
-from whiten_cli.errors import InputError
+from whiten_cli.errors import InputError, ParameterError
 
 DOCS_FILE = "docs.jsonl"
 OFFSETS_FILE = "docs.offsets.npy"
@@ -38,10 +38,18 @@ class Hit:
 
 
 def documents(texts: Iterable[str | Document], start: int = 0) -> list[Document]:
-    """Documents from texts (ids numbered ``start + 1``, ``start + 2``, ...) or Documents as they are."""
+    """Documents from texts (ids numbered ``start + 1``, ``start + 2``, ...) or Documents as they are.
+
+    A single str is refused rather than indexed as one document per character, and an entry that is
+    neither a str nor a Document (None, a number) rather than indexed as the text of its repr."""
+    if isinstance(texts, (str, bytes)):
+        raise ParameterError("docs", f"must be a sequence of texts or Documents, got a single {type(texts).__name__} "
+                                     "(wrap one document in a list)")
     docs = []
     for number, item in enumerate(texts, start=start + 1):
-        docs.append(item if isinstance(item, Document) else Document(str(number), str(item)))
+        if not isinstance(item, (str, Document)):
+            raise ParameterError("docs", f"{{name}}[{number - start - 1}] is {type(item).__name__}, not str or Document")
+        docs.append(item if isinstance(item, Document) else Document(str(number), item))
     return docs
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
-import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -14,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from whiten_cli import __version__
+from whiten_cli import __version__, checks
 from whiten_cli.errors import InputError, ParameterError, WhitenError
 from whiten_cli.index_docs import (DOCS_FILE, OFFSETS_FILE, Document, Hit, _doc_line, _DocFile, documents,
                                   records_to_documents)
@@ -113,6 +112,7 @@ class VectorIndex:
         exact search, or uses nlist/8 and 128 when ``tune`` is false. ``builder`` builds the FAISS
         index (:func:`build_faiss`, or the Ray engine's parallel one).
         """
+        seed = checks.seed(seed)  # FAISS's k-means seed is a C int; numpy's sampling takes no negative one
         x = _check_vectors(vectors, pipeline.output_dim)
         docs = documents(docs)
         if len(docs) != len(x):
@@ -208,7 +208,7 @@ class VectorIndex:
         return self._faiss
 
     def document(self, row: int) -> Document:
-        if not 0 <= row < len(self):
+        if not 0 <= checks.integer(row, "row") < len(self):
             raise WhitenError(f"row {row} is not in the index (0 to {len(self) - 1})")
         stored = len(self._stored) if self._stored is not None else 0
         return self._stored.get(row) if row < stored else self._pending[row - stored]
@@ -301,6 +301,7 @@ class VectorIndex:
         cosine score is below it. ``nprobe``/``ef`` default to the values stored at build time.
         """
         check_search_options(k, nprobe, ef, threshold)
+        k = int(k)  # FAISS takes no numpy integer
         q = _check_vectors(queries, self.dim, what="query vectors")
         defaults = self.metadata.get("search", {})
         scores, rows = faiss_search(self._faiss, q, min(k, len(self)),
@@ -322,14 +323,15 @@ class VectorIndex:
             self._encoder = self.pipeline.encoder(model, **options)
         return self._encoder
 
-    def encode(self, texts: Sequence[str], **options) -> np.ndarray:
-        """Pipeline vectors of ``texts`` (for queries or new documents)."""
-        return self.pipeline.transform(self.encoder(**options).encode(list(texts)))
+    def encode(self, texts: str | Sequence[str], **options) -> np.ndarray:
+        """Pipeline vectors of ``texts`` (for queries or new documents); one ``str`` gives one vector, as
+        :meth:`Pipeline.encode <whiten_cli.pipeline.Pipeline.encode>` does."""
+        return self.pipeline.encode(texts, self.encoder(**options))
 
-    def search_texts(self, texts: Sequence[str], k: int = 10, **options) -> list[list[Hit]]:
-        """Encode ``texts`` through the index's pipeline and :meth:`search` them."""
-        if k < 1:
-            raise ParameterError("k", f"must be at least 1, got {k}")
+    def search_texts(self, texts: str | Sequence[str], k: int = 10, **options) -> list[list[Hit]]:
+        """Encode ``texts`` through the index's pipeline and :meth:`search` them; one ``str`` is one
+        query (one list of hits, as a single query vector gives)."""
+        check_search_options(k, **options)  # before the queries are encoded
         return self.search(self.encode(texts), k, **options)
 
 
@@ -498,20 +500,20 @@ def _check_unique(ids: list[str]) -> None:
 
 
 def _check_knobs(nprobe: int | None, ef: int | None) -> None:
-    if nprobe is not None and nprobe < 1:
+    if nprobe is not None and checks.integer(nprobe, "nprobe") < 1:
         raise ParameterError("nprobe", f"must be at least 1, got {nprobe}")
-    if ef is not None and ef < 1:
+    if ef is not None and checks.integer(ef, "ef") < 1:
         raise ParameterError("ef", f"must be at least 1, got {ef}")
 
 
 def check_search_options(k: int, nprobe: int | None = None, ef: int | None = None,
                          threshold: float | None = None) -> None:
     """What :meth:`VectorIndex.search` refuses, checkable before the queries are encoded."""
-    if k < 1:
+    if checks.integer(k, "k") < 1:
         raise ParameterError("k", f"must be at least 1, got {k}")
     _check_knobs(nprobe, ef)
-    if threshold is not None and math.isnan(threshold):  # every comparison with NaN is False: no hit at all
-        raise ParameterError("threshold", "must be a number, got nan")
+    if threshold is not None:  # every comparison with NaN is False: no hit at all
+        checks.real(threshold, "threshold")
 
 
 def check_target(target: Path) -> None:

@@ -6,6 +6,7 @@ import math
 import re
 from dataclasses import dataclass, replace
 
+from whiten_cli import checks
 from whiten_cli.errors import ParameterError, WhitenError
 
 KINDS = ("auto", "flat", "hnsw", "ivf", "ivfpq")
@@ -142,6 +143,9 @@ def plan_index(
         raise WhitenError(f"unknown index kind {kind!r} (choose from {', '.join(KINDS)})")
     if n < 1:
         raise WhitenError("empty corpus: nothing to index")
+    for name, value in (("max_memory", max_memory), ("nlist", nlist), ("pq_m", pq_m), ("hnsw_m", hnsw_m)):
+        if value is not None:
+            checks.integer(value, name)  # nlist=2.5 was "too few vectors to train 2.5 lists"
     if nlist is not None and nlist < 1:
         raise ParameterError("nlist", f"must be positive, got {nlist}")
     if pq_m is not None and (pq_m < 1 or dim % pq_m):

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from whiten_cli import __version__
+from whiten_cli import __version__, checks
 from whiten_cli.encoder import POOLINGS
 from whiten_cli.errors import InputError, ParameterError, WhitenError
 from whiten_cli.projection import RandomProjection
@@ -62,10 +62,8 @@ class Pipeline:
         return self.input_dim
 
     def transform(self, vectors: np.ndarray) -> np.ndarray:
-        """Apply the fitted stages to pooled vectors (float32 out)."""
-        x = np.asarray(vectors, dtype=np.float32)
-        if x.ndim != 2 or x.shape[1] != self.input_dim:
-            raise WhitenError(f"pipeline expects vectors of dimension {self.input_dim}, got shape {x.shape}")
+        """Apply the fitted stages to pooled vectors (float32 out); NaN or infinite values are refused."""
+        x = checks.vectors(vectors, self.input_dim, dtype=np.float32)
         if self.whitening is not None:
             x = self.whitening.transform(x)
         if self.projection is not None:
@@ -116,6 +114,14 @@ class Pipeline:
             self.check_model(legacy_fingerprint(source.path) or source.fingerprint, source.name)
         return source
 
+    def check_encoder(self, encoder) -> None:
+        """Refuse an encoder of another model (same weights only) or another pooling than this pipeline's."""
+        if encoder.pooling != self.pooling:
+            raise ParameterError("encoder", f"pools with {encoder.pooling!r}, but this pipeline was fitted on "
+                                            f"{self.pooling!r} vectors")
+        if self.model_path is not None:  # older pipelines fingerprinted the weights otherwise (model_source)
+            self.check_model(encoder.source.fingerprint, encoder.source.name)
+
     def check_model(self, fingerprint: str, name: str) -> None:
         if fingerprint != self.model_fingerprint:
             raise WhitenError(
@@ -130,7 +136,10 @@ class Pipeline:
 
         Without ``encoder``, the pipeline builds one for its model with :meth:`encoder` on first
         use and keeps it; ``batch_size``, ``device`` and ``dtype`` say how it runs. ``progress(done,
-        total)`` is called after each batch."""
+        total)`` is called after each batch. A given ``encoder`` must be of this pipeline's model
+        and pooling: another one's vectors would be whitened without a word."""
+        if encoder is not None:
+            self.check_encoder(encoder)
         if encoder is None:
             key = (batch_size, device, dtype)
             if key not in self._encoders:
@@ -226,7 +235,7 @@ class Pipeline:
             raise WhitenError(f"{meta_file}: not valid pipeline metadata ({exc})") from None
         if not isinstance(meta, dict) or meta.get("format") != FORMAT:
             raise WhitenError(f"{meta_file}: not a whiten pipeline (format is not {FORMAT!r})")
-        if not isinstance(meta.get("format_version", 0), int):
+        if not isinstance(meta.get("format_version", 0), int) or meta.get("format_version", 0) < 0:
             raise WhitenError(f"{meta_file}: not valid pipeline metadata (format_version {meta['format_version']!r})")
         if meta.get("format_version", 0) > FORMAT_VERSION:
             raise WhitenError(f"{meta_file}: written by a newer whiten (format {meta['format_version']}); upgrade whiten")
@@ -289,6 +298,7 @@ _FIELDS = [
     ("whitening.beta", _is_fraction, "a number in [0, 1]"),
     ("whitening.gamma", _is_fraction, "a number in [0, 1]"),
     ("projection", lambda v: v is None or isinstance(v, dict), "an object or null"),
+    ("projection.kind", lambda v: v == "gaussian-jl", "'gaussian-jl'"),
     ("projection.n", _is_count, "a positive integer"),
     ("projection.seed", lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
     ("normalize", lambda v: isinstance(v, bool), "true or false"),
@@ -386,9 +396,13 @@ class FitOptions:
     def __post_init__(self) -> None:
         """Checked when made, so that a bad value is refused before a corpus is encoded."""
         for name in ("beta", "gamma"):
-            value = getattr(self, name)
-            if not 0 <= value <= 1:
-                raise ParameterError(name, f"must be in [0, 1], got {value}")
+            checks.fraction(getattr(self, name), name)
+        for name in ("whiten", "normalize"):
+            checks.flag(getattr(self, name), name)
+        for name in ("n_components", "jl_dim", "seed"):
+            if getattr(self, name) is not None or name == "seed":
+                # an int, not numpy's: the seed and the sizes are written to pipeline.json
+                object.__setattr__(self, name, checks.integer(getattr(self, name), name))
         if self.n_components is not None and self.n_components < 1:
             raise ParameterError("n_components", f"must be at least 1, got {self.n_components}")
         if self.jl_dim is not None and self.jl_dim < 1:
@@ -411,10 +425,19 @@ def fit_pipeline(
     """Encode ``texts`` chunk by chunk into streaming statistics, then fit whitening/projection.
 
     Only one chunk of vectors is in memory at a time, so a corpus of any size fits in a
-    fixed amount of memory (its texts aside).
+    fixed amount of memory (its texts aside). ``texts`` may be any iterable of str (a generator is
+    read into a list); a single str is refused, not fitted on as its characters.
     """
     from whiten_cli.stats import GaussianStats
 
+    if isinstance(texts, str):
+        raise ParameterError("texts", "must be a sequence of texts, got a single str (a fit needs at least 2 texts)")
+    if not isinstance(options, FitOptions):
+        raise ParameterError("options", f"must be FitOptions, got {type(options).__name__}")
+    if checks.integer(chunk_size, "chunk_size") < 1:
+        raise ParameterError("chunk_size", f"must be at least 1, got {chunk_size}")
+    if not isinstance(texts, Sequence):
+        texts = list(texts)
     check_fit_options(options, encoder.dim)
     stats = None
     if options.whiten:

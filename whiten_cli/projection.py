@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from whiten_cli import checks
 from whiten_cli.errors import ParameterError, WhitenError
 
 
@@ -17,11 +18,14 @@ class RandomProjection:
 
     @classmethod
     def create(cls, input_dim: int, n_components: int, seed: int = 0) -> RandomProjection:
-        if n_components < 1:
-            raise ParameterError("n_components", f"must be positive, got {n_components}")
+        for name, value in (("input_dim", input_dim), ("n_components", n_components)):
+            if checks.integer(value, name) < 1:
+                raise ParameterError(name, f"must be positive, got {value}")
+        if checks.integer(seed, "seed") < 0:  # numpy's generators take none; None would be unseeded
+            raise ParameterError("seed", f"must be at least 0, got {seed}")
         rng = np.random.default_rng(seed)
         matrix = rng.standard_normal((input_dim, n_components)) / math.sqrt(n_components)
-        return cls(matrix.astype(np.float32), seed)
+        return cls(matrix.astype(np.float32), int(seed))
 
     @property
     def input_dim(self) -> int:
@@ -32,9 +36,7 @@ class RandomProjection:
         return self.matrix.shape[1]
 
     def transform(self, vectors: np.ndarray) -> np.ndarray:
-        x = np.asarray(vectors, dtype=np.float32)
-        if x.ndim != 2 or x.shape[1] != self.input_dim:
-            raise WhitenError(f"projection expects vectors of dimension {self.input_dim}, got shape {x.shape}")
+        x = checks.vectors(vectors, self.input_dim, dtype=np.float32)
         return x @ self.matrix
 
 

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from whiten_cli.errors import WhitenError
+from whiten_cli import checks
+from whiten_cli.errors import ParameterError, WhitenError
 
 
 @dataclass
@@ -31,25 +32,32 @@ class GaussianStats:
     def empty(cls, dim: int, shift: np.ndarray | None = None) -> GaussianStats:
         """No vectors yet. ``shift`` defaults to the mean of the first batch; give shards fitted apart
         the same shift (a sample's mean) and their merge is a plain sum."""
+        dim = checks.integer(dim, "dim")
+        if dim < 1:
+            raise ParameterError("dim", f"must be at least 1, got {dim}")
         if shift is not None:
-            shift = np.array(shift, dtype=np.float64)
-            if shift.shape != (dim,):
-                raise WhitenError(f"shift must have shape ({dim},), got {shift.shape}")
+            if np.shape(shift) != (dim,):
+                raise ParameterError("shift", f"must have shape ({dim},), got {np.shape(shift)}")
+            shift = checks.vectors(np.reshape(shift, (1, dim)), dim, "shift")[0].copy()
         return cls(0, shift, np.zeros(dim), np.zeros((dim, dim)))
 
     @classmethod
     def of(cls, vectors: np.ndarray) -> GaussianStats:
-        return cls.empty(np.asarray(vectors).shape[1]).update(vectors)
+        shape = np.shape(vectors)
+        if len(shape) != 2 or shape[1] < 1:
+            raise ParameterError("vectors", f"must have shape (n, d), got {shape}")
+        return cls.empty(shape[1]).update(vectors)
 
     @property
     def dim(self) -> int:
         return self.shifted_sum.shape[0]
 
     def update(self, vectors: np.ndarray) -> GaussianStats:
-        """Add a batch of row vectors (n, d) in place; returns self."""
-        centred = np.array(vectors, dtype=np.float64)  # a copy, centred in place: one allocation a batch
-        if centred.ndim != 2 or centred.shape[1] != self.dim:
-            raise WhitenError(f"expected vectors of dimension {self.dim}, got shape {centred.shape}")
+        """Add a batch of row vectors (n, d) in place; returns self. A NaN or infinite value is
+        refused: it would make the mean and the whole covariance NaN."""
+        centred = checks.vectors(vectors, self.dim)
+        if isinstance(vectors, np.ndarray) and np.may_share_memory(centred, vectors):
+            centred = centred.copy()  # centred in place below: never the caller's array
         if centred.shape[0] == 0:
             return self
         if self.shift is None:
@@ -62,6 +70,8 @@ class GaussianStats:
 
     def merge(self, other: GaussianStats) -> GaussianStats:
         """Statistics of both inputs together (a new object, around ``self``'s shift)."""
+        if not isinstance(other, GaussianStats):
+            raise ParameterError("other", f"must be GaussianStats, got {type(other).__name__}")
         if other.dim != self.dim:
             raise WhitenError(f"cannot merge statistics of dimension {self.dim} and {other.dim}")
         if other.count == 0 or self.count == 0:

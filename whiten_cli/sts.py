@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from whiten_cli.errors import InputError, WhitenError, one_line
+from whiten_cli.errors import InputError, ParameterError, WhitenError, one_line
 from whiten_cli.readers import format_suffix, iter_json_objects, iter_lines
 
 ENV_VAR = "WHITEN_STS_DIR"
@@ -145,11 +145,15 @@ def sts_dir() -> Path:
     return next((path for path in candidates if path.is_dir()), candidates[0])
 
 
-def load_dataset(spec: str) -> Dataset:
+def load_dataset(spec: str | os.PathLike[str]) -> Dataset:
     """Load a dataset by name (see :data:`NAMED`, case-insensitive) or by file or folder path.
 
     A bare known name wins over a same-named path in the working folder; write ``./stsb`` for the path.
     """
+    if isinstance(spec, os.PathLike):
+        spec = os.fspath(spec)
+    if not isinstance(spec, str):
+        raise ParameterError("spec", f"must be a dataset name or a path, got {spec!r}")
     key = spec.strip().lower()
     if key in NAMED and not any(sep in spec for sep in ("/", os.sep)):
         return _load_named(key)

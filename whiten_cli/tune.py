@@ -36,6 +36,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from whiten_cli import checks
 from whiten_cli.errors import ParameterError, WhitenError
 from whiten_cli.evaluate import rankdata
 
@@ -129,9 +130,9 @@ def check_dev(datasets: list) -> None:
 
 def check_bootstrap(resamples: int, seed: int) -> None:
     """At least 10 resamples (an interval from fewer means little), and a seed numpy takes."""
-    if resamples < 10:
+    if checks.integer(resamples, "resamples") < 10:
         raise ParameterError("resamples", f"must be at least 10, got {resamples}")
-    if seed < 0:
+    if checks.integer(seed, "seed") < 0:
         raise ParameterError("seed", f"must be at least 0, got {seed}")
 
 
@@ -350,14 +351,17 @@ def tune(
 
     check_dev(dev)
     check_bootstrap(resamples, seed)
+    if isinstance(poolings, str):  # one pooling, not its letters
+        poolings = [poolings]
+    smallest = min(encoder.dim_of(pooling) for pooling in poolings)
+    if not 1 <= checks.integer(max_dim, "max_dim") <= smallest:  # before anything is encoded
+        raise ParameterError("max_dim", f"must be between 1 and the vector dimension {smallest}, got {max_dim}")
     dev_texts = [text for dataset in dev for text in dataset.sentences]
     names = [corpus.name for corpus in corpora]
     texts = dev_texts + [text for corpus in corpora if corpus.name != TARGET for text in corpus.texts]
     encoded = encoder.encode_poolings(texts, poolings, progress=progress)
     dims = {pooling: encoded[pooling].shape[1] for pooling in poolings}
     dim = dims[poolings[0]]
-    if not 1 <= max_dim <= min(dims.values()):
-        raise WhitenError(f"--max-dim must be between 1 and the vector dimension {min(dims.values())}, got {max_dim}")
     ks = dimension_grid(max_dim)
 
     bounds, golds, u_rows, v_rows, start, row = [], [], [], [], 0, 0

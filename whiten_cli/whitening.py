@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from whiten_cli import checks
 from whiten_cli.errors import ParameterError, WhitenError
 from whiten_cli.stats import GaussianStats
 
@@ -53,12 +54,10 @@ class Eigenbasis:
         return RELATIVE_FLOOR * float(self.eigenvalues[0])
 
     def whitening(self, n_components: int | None = None, beta: float = 1.0, gamma: float = 1.0) -> Whitening:
-        k = self.dim if n_components is None else n_components
+        k = self.dim if n_components is None else checks.integer(n_components, "n_components")
         if not 1 <= k <= self.dim:
             raise ParameterError("n_components", f"must be between 1 and the vector dimension {self.dim}, got {k}")
-        for name, value in (("beta", beta), ("gamma", gamma)):
-            if not 0.0 <= value <= 1.0:
-                raise ParameterError(name, f"must be in [0, 1], got {value}")
+        beta, gamma = checks.fraction(beta, "beta"), checks.fraction(gamma, "gamma")
         if gamma > 0 and not self.floor > 0:
             raise WhitenError("the vectors do not vary (zero covariance): there is nothing to whiten")
         if k > self.count - 1:
@@ -100,7 +99,5 @@ class Whitening:
         return self.kernel.shape[1]
 
     def transform(self, vectors: np.ndarray) -> np.ndarray:
-        x = np.asarray(vectors, dtype=np.float64)
-        if x.ndim != 2 or x.shape[1] != self.input_dim:
-            raise WhitenError(f"whitening expects vectors of dimension {self.input_dim}, got shape {x.shape}")
+        x = checks.vectors(vectors, self.input_dim)
         return ((x - self.beta * self.mean) @ self.kernel).astype(np.float32)
