@@ -283,3 +283,23 @@ def test_default_model_paraphrases():
     paraphrase, unrelated = vectors[0] @ vectors[1], vectors[0] @ vectors[2]
     assert paraphrase > unrelated + 0.3
     assert paraphrase > 0.7
+
+
+@pytest.mark.parametrize("cache", [False, True])
+def test_a_model_giving_nan_is_refused_naming_the_text(tiny_model, tmp_path, cache):
+    """NaN weights (a damaged checkpoint; float16 overflow does the same) gave NaN vectors, exit 0."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    damaged = tmp_path / "damaged"
+    shutil.copytree(tiny_model, damaged)
+    weights = load_file(damaged / "model.safetensors")
+    weights["encoder.layer.0.output.dense.weight"][0, 0] = float("nan")
+    save_file(weights, damaged / "model.safetensors", metadata={"format": "pt"})
+    encoder = Encoder(str(damaged), pooling="cls", cache=tmp_path / "cache" if cache else None)
+    with pytest.raises(WhitenError, match=r"damaged: NaN or infinite vector for text 1 \('the dog'\) with dtype float32"):
+        encoder.encode(["the dog", "a cat"])
+    if cache:  # nothing was cached: the next call refuses again instead of returning NaN from the cache
+        with pytest.raises(WhitenError, match="NaN or infinite vector"):
+            encoder.encode(["a cat"])

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from whiten_cli.errors import ParameterError, WhitenError
+from whiten_cli.errors import ParameterError, WhitenError, one_line
 from whiten_cli.st_folder import ModelPooling, layer_mean, load_head, pool, read_model_pooling
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
@@ -448,6 +448,7 @@ class Encoder:
             rows = todo[start : start + _CHUNK]
             chunk = [unique_texts[i] for i in rows]
             pooled, chunk_cut = self._encode_distinct(chunk, poolings, progress, done, total)
+            self._check_finite(pooled, chunk, rows, inverse)
             cut[rows] = chunk_cut
             for pooling, vectors in pooled.items():
                 outputs[pooling][rows] = vectors
@@ -458,6 +459,19 @@ class Encoder:
                 _trim_heap()
         self.truncated += int(counts[cut].sum())
         return {pooling: vectors[inverse] for pooling, vectors in outputs.items()}
+
+    def _check_finite(self, pooled: dict[str, np.ndarray], chunk: list[str], rows: np.ndarray, inverse) -> None:
+        """A NaN or infinite vector is refused before it is cached or returned, naming the first text
+        (its position among the texts given) that gave one."""
+        for vectors in pooled.values():
+            finite = np.isfinite(vectors).all(axis=1)
+            if not finite.all():
+                bad = int(np.argmin(finite))
+                position = int(np.flatnonzero(inverse == rows[bad])[0]) + 1
+                why = ("reduced precision overflowed; float32 does not" if self.dtype in ("float16", "bfloat16")
+                       else "do its weights hold NaN or infinite values?")
+                raise WhitenError(f"{self.source.name}: NaN or infinite vector for text {position} "
+                                  f"({one_line(chunk[bad])[:40]!r}) with dtype {self.dtype}: {why}")
 
     def _encode_distinct(self, texts: list[str], poolings: Sequence[str], progress, done: int, total: int):
         """Pooled vectors of distinct ``texts`` (one chunk) and which of them were truncated."""
