@@ -285,20 +285,33 @@ def test_default_model_paraphrases():
     assert paraphrase > 0.7
 
 
-@pytest.mark.parametrize("cache", [False, True])
-def test_a_model_giving_nan_is_refused_naming_the_text(tiny_model, tmp_path, cache):
-    """NaN weights (a damaged checkpoint; float16 overflow does the same) gave NaN vectors, exit 0."""
+def damaged_copy(tiny_model, folder, value):
+    """The tiny model with one weight set to ``value``."""
     import shutil
 
     from safetensors.torch import load_file, save_file
 
-    damaged = tmp_path / "damaged"
-    shutil.copytree(tiny_model, damaged)
-    weights = load_file(damaged / "model.safetensors")
-    weights["encoder.layer.0.output.dense.weight"][0, 0] = float("nan")
-    save_file(weights, damaged / "model.safetensors", metadata={"format": "pt"})
+    shutil.copytree(tiny_model, folder)
+    weights = load_file(folder / "model.safetensors")
+    weights["encoder.layer.0.output.dense.weight"][0, 0] = value
+    save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
+    return folder
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_nan_weights_are_refused_naming_the_tensor(tiny_model, tmp_path, value):
+    """A damaged checkpoint gave NaN vectors for every text, exit 0."""
+    damaged = damaged_copy(tiny_model, tmp_path / "damaged", value)
+    with pytest.raises(WhitenError, match=r"damaged: weight encoder\.layer\.0\.output\.dense\.weight holds NaN"):
+        Encoder(str(damaged), pooling="cls").encode(["a cat"])
+
+
+@pytest.mark.parametrize("cache", [False, True])
+def test_a_model_giving_nan_is_refused_naming_the_text(tiny_model, tmp_path, cache):
+    """Finite weights that overflow float32 (as float16 autocast overflows on CUDA) gave NaN vectors, exit 0."""
+    damaged = damaged_copy(tiny_model, tmp_path / "overflowing", 3e38)
     encoder = Encoder(str(damaged), pooling="cls", cache=tmp_path / "cache" if cache else None)
-    with pytest.raises(WhitenError, match=r"damaged: NaN or infinite vector for text 1 \('the dog'\) with dtype float32"):
+    with pytest.raises(WhitenError, match=r"overflowing: NaN or infinite vector for text 1 \('the dog'\) with dtype float32"):
         encoder.encode(["the dog", "a cat"])
     if cache:  # nothing was cached: the next call refuses again instead of returning NaN from the cache
         with pytest.raises(WhitenError, match="NaN or infinite vector"):

@@ -892,6 +892,10 @@ def _load(path: Path, model_pooling: ModelPooling | None, device: str, dtype: st
     if missing:
         raise WhitenError(f"{path}: the weights do not fit the model config.json describes ({len(missing)} of its "
                           f"tensors are not in the checkpoint, e.g. {sorted(missing)[0]})")
+    damaged = next((name for name, tensor in model.state_dict().items()
+                    if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())), None)
+    if damaged is not None:
+        raise WhitenError(f"{folder}: weight {damaged} holds NaN or infinite values (a damaged checkpoint?)")
     if set(tokenizer.get_vocab()) <= set(tokenizer.all_special_tokens):
         # transformers builds an empty tokenizer when the files are missing: every word would be [UNK].
         raise WhitenError(f"{path}: the tokenizer knows only its special tokens (no tokenizer.json or vocabulary file?)")
