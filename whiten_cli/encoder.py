@@ -467,11 +467,26 @@ class Encoder:
             finite = np.isfinite(vectors).all(axis=1)
             if not finite.all():
                 bad = int(np.argmin(finite))
+                damaged = self._damaged_weight()
+                if damaged is not None:
+                    raise WhitenError(f"{self._transformer_path}: weight {damaged} holds NaN or infinite values "
+                                      "(a damaged checkpoint?)")
                 position = int(np.flatnonzero(inverse == rows[bad])[0]) + 1
                 why = ("reduced precision overflowed; float32 does not" if self.dtype in ("float16", "bfloat16")
-                       else "do its weights hold NaN or infinite values?")
+                       else "the model overflows float32")
                 raise WhitenError(f"{self.source.name}: NaN or infinite vector for text {position} "
                                   f"({one_line(chunk[bad])[:40]!r}) with dtype {self.dtype}: {why}")
+
+    def _damaged_weight(self) -> str | None:
+        """The first weight of the loaded torch model that holds NaN or infinity; looked for only once a
+        vector came out NaN, so loading stays as fast as the checkpoint reads."""
+        import torch
+
+        loaded = getattr(self, "_loaded", None)  # None where no torch model runs (the ONNX backend)
+        if loaded is None:
+            return None
+        return next((name for name, tensor in loaded[1].state_dict().items() if isinstance(tensor, torch.Tensor)
+                     and tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())), None)
 
     def _encode_distinct(self, texts: list[str], poolings: Sequence[str], progress, done: int, total: int):
         """Pooled vectors of distinct ``texts`` (one chunk) and which of them were truncated."""
@@ -892,10 +907,6 @@ def _load(path: Path, model_pooling: ModelPooling | None, device: str, dtype: st
     if missing:
         raise WhitenError(f"{path}: the weights do not fit the model config.json describes ({len(missing)} of its "
                           f"tensors are not in the checkpoint, e.g. {sorted(missing)[0]})")
-    damaged = next((name for name, tensor in model.state_dict().items()
-                    if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())), None)
-    if damaged is not None:
-        raise WhitenError(f"{folder}: weight {damaged} holds NaN or infinite values (a damaged checkpoint?)")
     if set(tokenizer.get_vocab()) <= set(tokenizer.all_special_tokens):
         # transformers builds an empty tokenizer when the files are missing: every word would be [UNK].
         raise WhitenError(f"{path}: the tokenizer knows only its special tokens (no tokenizer.json or vocabulary file?)")
