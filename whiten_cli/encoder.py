@@ -494,6 +494,7 @@ class Encoder:
 
         ids, cut = self._tokenize_ids(texts)
         model = self._model
+        _check_token_ids(ids, texts, model.get_input_embeddings().num_embeddings, self._transformer_path)
         if self.threads is not None and torch.get_num_threads() != self.threads:
             torch.set_num_threads(self.threads)
         with torch.inference_mode():
@@ -870,6 +871,15 @@ def bfloat16_speedup() -> float:
     a, b = torch.randn(128, 384, generator=generator), torch.randn(384, 384, generator=generator)
     with torch.inference_mode():
         return best(a, b) / max(best(a.bfloat16(), b.bfloat16()), 1e-9)
+
+
+def _check_token_ids(ids: list[list[int]], texts: list[str], embeddings: int, folder: Path) -> None:
+    """Every token id has a row in the model's embedding table; a tokenizer of another model (a larger
+    vocabulary) failed deep in torch with an IndexError."""
+    for row, text in zip(ids, texts):
+        if row and max(row) >= embeddings:
+            raise WhitenError(f"{folder}: the tokenizer gives token id {max(row)} for {one_line(text)[:40]!r}, but the "
+                              f"model has {embeddings} token embeddings (tokenizer files of another model?)")
 
 
 def _autocast(device: str, dtype: str):
