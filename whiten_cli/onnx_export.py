@@ -265,6 +265,7 @@ def _metadata(encoder, *, kind: str, outputs: dict[str, str], graph_file: Path) 
         "model_chain": chain.mode if chain is not None else None,
         "normalizes": {pooling: pooling == "model" and bool(chain and chain.normalize) for pooling in outputs},
         "pad_token_id": encoder._tokenizer.pad_token_id or 0,
+        "token_embeddings": int(encoder._model.get_input_embeddings().num_embeddings),
         "inputs": ["input_ids", "attention_mask"] + (["token_type_ids"] if _takes_token_types(encoder) else []),
         "opset": OPSET,
     }
