@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from whiten_cli.errors import WhitenError
+from whiten_cli.errors import ParameterError, WhitenError
 from whiten_cli.evaluate import (
     Score, aggregate, cosine_similarity_pairs, pearson, rankdata, score_dataset, score_pairs, spearman,
 )
@@ -33,6 +33,20 @@ def test_correlation_rejects_degenerate_input(a, b):
         with pytest.raises(WhitenError):
             correlation(a, b)
 
+
+
+@pytest.mark.parametrize(
+    "a, b, message",
+    [(np.arange(4.0).reshape(2, 2), [1, 2, 3, 4], r"a must be one sequence of values \(1-D\), got shape \(2, 2\)"),
+     ([1, 2, 3], "abc", "b must hold real numbers"),
+     ([1, 2, 3], ["x", "y", "z"], "b must hold real numbers"),
+     ([True, False, True], [1, 2, 3], "a must hold real numbers, got dtype bool")],
+)
+def test_correlation_takes_two_sequences_of_numbers(a, b, message):
+    """A 2-D array was correlated flattened, without a word; strings failed inside numpy."""
+    for correlation in (spearman, pearson):
+        with pytest.raises(ParameterError, match=message):
+            correlation(a, b)
 
 def test_cosine_similarity_pairs_rows_and_zero_vectors():
     u = np.array([[1, 0], [1, 1], [0, 0], [3, 4]], dtype=np.float32)

@@ -27,9 +27,23 @@ def rankdata(x: ArrayLike) -> np.ndarray:
     return ranks
 
 
+def _sequence(values: ArrayLike, name: str) -> np.ndarray:
+    """``values`` as a 1-D float64 array: a 2-D array would be correlated flattened, strings fail in numpy."""
+    array = np.asarray(values)
+    if array.dtype.kind == "O":
+        try:
+            array = array.astype(np.float64)
+        except (TypeError, ValueError):
+            raise ParameterError(name, "must hold real numbers, got dtype object") from None
+    if array.dtype.kind not in "iuf":
+        raise ParameterError(name, f"must hold real numbers, got dtype {array.dtype}")
+    if array.ndim != 1:
+        raise ParameterError(name, f"must be one sequence of values (1-D), got shape {array.shape}")
+    return array.astype(np.float64, copy=False)
+
+
 def _paired(a: ArrayLike, b: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
-    x = np.asarray(a, dtype=np.float64).ravel()
-    y = np.asarray(b, dtype=np.float64).ravel()
+    x, y = _sequence(a, "a"), _sequence(b, "b")
     if x.size != y.size:
         raise WhitenError(f"cannot correlate {x.size} values with {y.size}")
     if x.size < 2:
