@@ -245,6 +245,34 @@ def test_model_must_be_a_folder_with_weights(tmp_path):
         resolve_model(str(empty))
 
 
+def test_pooler_pooling_refused_when_the_checkpoint_has_no_pooler_weights(tmp_path, tiny_model):
+    """transformers fills a pooler missing from the checkpoint with random weights: pooler pooling
+    gave noise, other vectors at every load, with exit 0. The other poolings are unaffected."""
+    import shutil
+
+    from safetensors.numpy import load_file, save_file
+    from typer.testing import CliRunner
+
+    from test_cli import assert_one_line_error
+    from whiten_cli.cli import app
+
+    folder = tmp_path / "no-pooler"
+    shutil.copytree(tiny_model, folder)
+    weights = load_file(str(folder / "model.safetensors"))
+    save_file({name: array for name, array in weights.items() if not name.startswith("pooler.")},
+              str(folder / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(WhitenError, match="no pooler weights"):
+        Encoder(str(folder), pooling="pooler").encode(SHORT)
+    np.testing.assert_array_equal(Encoder(str(folder), pooling="cls").encode(SHORT),
+                                  Encoder(str(tiny_model), pooling="cls").encode(SHORT))
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("the cat plays.\n", encoding="utf-8")
+    result = CliRunner().invoke(app, ["encode", str(corpus), "-o", str(tmp_path / "v.npy"), "--model", str(folder),
+                                      "--pooling", "pooler", "--no-cache"])
+    assert_one_line_error(result, "--pooling", "no pooler weights")
+    assert not (tmp_path / "v.npy").exists()
+
+
 def test_fingerprint_names_the_weights(tiny_model, other_tiny_model):
     a = resolve_model(str(tiny_model))
     assert a.fingerprint == resolve_model(str(tiny_model)).fingerprint

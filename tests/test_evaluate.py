@@ -58,6 +58,18 @@ def test_cosine_similarity_pairs_rows_and_zero_vectors():
         cosine_similarity_pairs(u, v[:3])
 
 
+@pytest.mark.parametrize("dim", [7, 33, 384])
+def test_identical_vectors_have_cosine_exactly_one(dim):
+    """A pair of identical sentences (65 of STS12 SMTeuroparl's pairs) must score exactly 1, so that such
+    pairs tie: at 1 ± an ulp they were ranked by rounding noise (Spearman × 100 off by 0.08 there)."""
+    u = np.random.default_rng(dim).standard_normal((500, dim)).astype(np.float32) * 3
+    assert (cosine_similarity_pairs(u, u.copy()) == 1.0).all()
+    gold = np.r_[np.linspace(0, 5, 250), np.full(250, 5.0)]
+    v = np.r_[np.random.default_rng(1).standard_normal((250, dim)).astype(np.float32), u[250:]]
+    expected = np.r_[cosine_similarity_pairs(u[:250], v[:250]), np.ones(250)]
+    assert score_pairs(u, v, gold).spearman == 100 * spearman(expected, gold)
+
+
 def test_score_pairs_scales_by_100():
     u = np.array([[1.0, 0.0]] * 4)
     v = np.array([[1.0, 0.0], [1.0, 0.5], [1.0, 1.0], [0.0, 1.0]])  # cosine decreasing

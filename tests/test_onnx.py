@@ -215,6 +215,28 @@ def test_onnx_index_search_encode_and_append_import_no_torch(exported, corpus, t
     assert "\t1.0000\t" in run_without_torch("search", tmp_path / "index", "a brand new sentence about the blue sky.", "-k", 1)
 
 
+def test_cache_is_keyed_by_the_export_tokenizer(exported, tmp_path):
+    """The ONNX backend's cache key named the graph but not tokenizer.json: after the export's tokenizer
+    changed, the cache gave the old tokenizer's vectors."""
+    import shutil
+
+    export_dir = tmp_path / "export"
+    shutil.copytree(exported[1], export_dir)
+    texts = write(tmp_path / "texts.txt", "The CAT plays the Piano.\nA DOG runs.\n")
+
+    def encode(name: str, *cache: str) -> np.ndarray:
+        ok("encode", texts, "--pipeline", export_dir, "--backend", "onnx", "-o", tmp_path / name, *cache)
+        return np.load(tmp_path / name)
+
+    before = encode("before.npy", "--cache-dir", str(tmp_path / "cache"))
+    tokenizer = json.loads((export_dir / TOKENIZER_FILE).read_text())
+    tokenizer["normalizer"]["lowercase"] = False  # the upper-case words become [UNK]
+    (export_dir / TOKENIZER_FILE).write_text(json.dumps(tokenizer))
+    fresh = encode("fresh.npy", "--no-cache")
+    assert not np.allclose(fresh, before)
+    np.testing.assert_array_equal(encode("cached.npy", "--cache-dir", str(tmp_path / "cache")), fresh)
+
+
 def test_graph_of_another_model_is_refused(exported, other_tiny_model, corpus, tmp_path):
     _, export_dir = exported
     ok("fit", corpus, "-o", tmp_path / "other", "--model", other_tiny_model, "--pooling", "first-last-avg", "-k", 24,

@@ -154,6 +154,26 @@ def test_mixed_poolings_have_their_own_dimensions(st, tiny_model, tmp_path):
     assert_same_vectors(vectors["model"], reference(st, folder, TEXTS[:4]))
 
 
+@pytest.mark.parametrize("hidden_states", [True, False])
+def test_weighted_layer_pooling_as_sentence_transformers_runs_it(st, tiny_model, tmp_path, hidden_states):
+    """sentence-transformers feeds WeightedLayerPooling the hidden states only when config.json has
+    output_hidden_states; without it the module passes the last hidden state on unchanged (mean of
+    the last layer here), and whiten weighting the layers anyway gave other vectors, silently."""
+    import torch
+    from sentence_transformers.sentence_transformer.modules import Pooling, Transformer, WeightedLayerPooling
+
+    folder = tmp_path / "wlp"
+    layers = WeightedLayerPooling(HIDDEN, num_hidden_layers=2, layer_start=1,
+                                  layer_weights=torch.nn.Parameter(torch.tensor([0.3, 1.7])))
+    st.SentenceTransformer(modules=[Transformer(str(tiny_model)), layers, Pooling(HIDDEN, "mean")], device="cpu").save(str(folder))
+    config = json.loads((folder / "config.json").read_text())
+    write(folder / "config.json", json.dumps({**config, "output_hidden_states": hidden_states}))
+    expected = reference(st, folder)
+    assert_same_vectors(whiten_encode(folder, tmp_path), expected)
+    last_layer_mean = Encoder(str(tiny_model), pooling="last-avg").encode(TEXTS)
+    assert np.allclose(expected, last_layer_mean, atol=1e-5) != hidden_states
+
+
 def unsupported_folders(tiny_model, root):
     """Folders whose modules whiten cannot reproduce, with what the error must name."""
     cases = {}

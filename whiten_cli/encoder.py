@@ -570,7 +570,8 @@ class Encoder:
             return out.last_hidden_state[:, 0]
         if pooling == "pooler":
             if getattr(out, "pooler_output", None) is None:
-                raise ParameterError("pooling", f"{self.source.name}: this model has no pooler layer; choose another {{name}}")
+                raise ParameterError("pooling", f"{self.source.name}: this model has no pooler layer (or its checkpoint "
+                                                 f"has no pooler weights); choose another {{name}}")
             return out.pooler_output
         if pooling == "last-avg":
             return mean(out.last_hidden_state)
@@ -914,6 +915,8 @@ def _load(path: Path, model_pooling: ModelPooling | None, device: str, dtype: st
     # log: weights of another architecture than config.json's would give random vectors. A missing
     # pooler is usual (sentence-transformers checkpoints leave it out).
     missing = [name for name in loading["missing_keys"] if not name.startswith("pooler.")]
+    if len(missing) < len(loading["missing_keys"]) and getattr(model, "pooler", None) is not None:
+        model.pooler = None  # randomly initialised, so pooler pooling would give noise, other at every load
     if missing:
         raise WhitenError(f"{path}: the weights do not fit the model config.json describes ({len(missing)} of its "
                           f"tensors are not in the checkpoint, e.g. {sorted(missing)[0]})")

@@ -84,8 +84,10 @@ def cosine_similarity_pairs(u: np.ndarray, v: np.ndarray) -> np.ndarray:
     if broken.any():
         raise WhitenError(f"{int(broken.sum())} of {len(u)} pairs have a vector with NaN or infinite values "
                           f"(first: pair {int(np.argmax(broken)) + 1}); they have no cosine")
-    norms = np.linalg.norm(u, axis=1) * np.linalg.norm(v, axis=1)
+    # √(u·u × v·v), not ‖u‖·‖v‖: for u = v it is exactly u·v, so a pair of identical sentences scores
+    # exactly 1 and such pairs tie; ‖u‖·‖v‖ is off by an ulp either way and ranked them by rounding noise.
     dots = np.einsum("ij,ij->i", u, v)
+    norms = np.sqrt(np.einsum("ij,ij->i", u, u) * np.einsum("ij,ij->i", v, v))
     return np.divide(dots, norms, out=np.zeros_like(dots), where=norms > 0)
 
 

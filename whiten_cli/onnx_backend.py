@@ -66,6 +66,7 @@ class GraphRunner:
             raise WhitenError(f"{self.folder}: unreadable ONNX export ({reason})") from None
         self.tokenizer.no_padding()
         self.tokenizer.enable_truncation(self.max_length, direction=_truncation_side(self.folder))
+        self.tokenizer_digest = _tokenizer_digest(self.folder)
         self.inputs = list(self.metadata["inputs"])
         self.pad = int(self.metadata["pad_token_id"])
 
@@ -105,6 +106,17 @@ class GraphRunner:
                 out = np.empty((len(texts), vectors.shape[1]), dtype=np.float32)
             out[rows] = vectors
         return out
+
+
+def _tokenizer_digest(folder: Path) -> str:
+    """sha256 of the files tokenization reads, for the cache key: the graph's hash does not cover them."""
+    digest = hashlib.sha256()
+    for name in (TOKENIZER_FILE, "tokenizer_config.json"):
+        try:
+            digest.update(name.encode() + b"\0" + (folder / name).read_bytes())
+        except OSError:
+            digest.update(name.encode() + b"\0\xff")
+    return digest.hexdigest()[:16]
 
 
 def _truncation_side(folder: Path) -> str:
@@ -184,8 +196,9 @@ class OnnxEncoder(Encoder):
     def cache_namespace(self, pooling: str) -> str:
         meta = self.runner.metadata
         dtype = f"{self.dtype}:{INT8_SCHEME}" if self.dtype == "int8" else self.dtype
-        return "\x1f".join((self.source.fingerprint, "onnx", str(meta.get("graph_sha256")), pooling,
-                            str(meta.get("model_chain")), str(self.max_length), dtype, *_runtime_versions()))
+        return "\x1f".join((self.source.fingerprint, "onnx", str(meta.get("graph_sha256")), self.runner.tokenizer_digest,
+                            "lower" if meta.get("do_lower_case") else "cased", pooling, str(meta.get("model_chain")),
+                            str(self.max_length), dtype, *_runtime_versions()))
 
     def _encode_distinct(self, texts: list[str], poolings: Sequence[str], progress, done: int, total: int):
         ids, cut = self.runner.tokenize(texts)

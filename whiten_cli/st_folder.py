@@ -139,6 +139,10 @@ def read_model_pooling(path: Path) -> ModelPooling | None:
     layer_weights = None
     if kinds[:3] == ["Transformer", "WeightedLayerPooling", "Pooling"]:  # as `whiten export` writes layer means
         layer_weights = _read_layer_weights(path / chain[1][1])
+        # sentence-transformers hands the module the hidden states only when the model's config.json
+        # asks for them; otherwise the module passes the last hidden state through unchanged.
+        if _read_config(path / chain[0][1]).get("output_hidden_states") is not True:
+            layer_weights = None
         del kinds[1], chain[1]
     if kinds[:2] != ["Transformer", "Pooling"]:
         raise WhitenError(f"{path}: sentence-transformers modules {' → '.join(kinds) or 'none'} are not supported "
