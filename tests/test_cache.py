@@ -146,6 +146,23 @@ def test_tokenizer_change_is_stale(tiny_model, tmp_path):
     assert encoder.encoded == len(TEXTS)
 
 
+
+def test_a_vectors_revision_makes_old_entries_stale(tiny_model, tmp_path, monkeypatch):
+    """A fix to whiten that changes vectors (as the pooler fix did) must not be hidden by the cache."""
+    from whiten_cli import encoder as enc
+
+    encoder = Encoder(str(tiny_model), pooling="cls", cache=tmp_path)
+    encoder.encode(TEXTS)
+    monkeypatch.setattr(enc, "VECTORS_REVISION", enc.VECTORS_REVISION + 1)
+    enc.software_versions.cache_clear()  # read once per process
+    try:
+        again = Encoder(str(tiny_model), pooling="cls", cache=tmp_path)
+        again.encode(TEXTS)
+    finally:
+        monkeypatch.undo()
+        enc.software_versions.cache_clear()
+    assert again.encoded == len(set(TEXTS))
+
 def test_truncation_is_counted_from_the_cache_too(tiny_model, tmp_path):
     long = " ".join(["the big dog runs fast in the cold rain"] * 3)
     texts = [long, "the cat plays.", long]

@@ -42,6 +42,10 @@ _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".h5", ".msgpack")  # never read as 
 # What transformers loads from a folder, in its order of preference: one file, or the shards an index lists.
 _WEIGHT_CHOICES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 _HASH_CACHE_FILE = "model-hashes.json"
+# Raised whenever a change to whiten itself gives other vectors for the same model and settings, so
+# that no cache entry of the old ones is found. 2: a checkpoint without pooler weights has no pooler
+# (it was filled with random weights); WeightedLayerPooling runs as sentence-transformers runs it.
+VECTORS_REVISION = 2
 _BFLOAT16_GAIN = 1.2  # auto picks bfloat16 on a CPU only where its matrix product measured at least this much faster
 
 _log = logging.getLogger("whiten_cli")
@@ -593,8 +597,9 @@ def _no_model_pooling(model: str) -> WhitenError:
 
 @lru_cache(maxsize=1)
 def software_versions() -> tuple[str, ...]:
-    """whiten's, torch's, transformers' and tokenizers' versions: a fix in any of them may change
-    the vectors, so they are part of every cache key (read without importing the packages)."""
+    """whiten's (with :data:`VECTORS_REVISION`), torch's, transformers' and tokenizers' versions: a fix
+    in any of them may change the vectors, so they are part of every cache key (read without importing
+    the packages)."""
     from importlib.metadata import PackageNotFoundError, version
 
     from whiten_cli import __version__
@@ -605,7 +610,8 @@ def software_versions() -> tuple[str, ...]:
         except PackageNotFoundError:
             return f"{package}=none"
 
-    return (f"whiten={__version__}", *(installed(package) for package in ("torch", "transformers", "tokenizers")))
+    return (f"whiten={__version__}+vectors{VECTORS_REVISION}",
+            *(installed(package) for package in ("torch", "transformers", "tokenizers")))
 
 
 def _checked_texts(texts) -> Sequence[str]:
