@@ -253,3 +253,33 @@ def test_hub_model_stores_id_and_revision(tiny_model, tmp_path, monkeypatch):
     write(repo / "refs" / "main", "f" * 40)  # a newer main must not be picked: the stored commit is
     assert Pipeline.load(tmp_path / "pipe").encoder().source.path == source.path
     assert encoder.source.path == source.path
+
+
+@pytest.mark.parametrize("edit, named", [
+    ("pooling", "1_Pooling/config.json"),  # mean pooling became CLS pooling
+    ("vocab", "vocab.txt"),
+    ("tokenizer-gone", "tokenizer.json"),
+])
+def test_a_model_whose_tokenizer_or_pooling_changed_after_fitting_is_refused(tiny_model, tmp_path, edit, named):
+    """The weights' fingerprint alone let the old whitening apply to other vectors, exit 0."""
+    from conftest import make_sentence_transformers
+
+    from whiten_cli.pipeline import FitOptions, fit_pipeline
+
+    model = make_sentence_transformers(tiny_model, tmp_path / "st", mode="mean")
+    texts = sample_sentences(40, seed=2)
+    pipeline = fit_pipeline(texts, Encoder(str(model)), FitOptions(n_components=8))
+    pipeline.save(tmp_path / "pipe")
+    assert "1_Pooling/config.json" in json.loads((tmp_path / "pipe" / METADATA_FILE).read_text())["model"]["files"]
+    Pipeline.load(tmp_path / "pipe").encode(texts[:2])  # unchanged: fine
+    if edit == "pooling":
+        config = json.loads((model / "1_Pooling" / "config.json").read_text())
+        config.update(pooling_mode_mean_tokens=False, pooling_mode_cls_token=True)
+        write(model / "1_Pooling" / "config.json", json.dumps(config))
+    elif edit == "vocab":
+        vocab = (model / "vocab.txt").read_text().split("\n")
+        write(model / "vocab.txt", "\n".join([vocab[0], vocab[2], vocab[1], *vocab[3:]]))
+    else:
+        (model / "tokenizer.json").unlink()
+    with pytest.raises(WhitenError, match=rf"st/{named}: (differs from the one this pipeline was fitted with|is gone)"):
+        Pipeline.load(tmp_path / "pipe").encode(texts[:2])

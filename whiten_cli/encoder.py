@@ -166,6 +166,30 @@ def model_fingerprint(path: Path) -> str:
     return combined.hexdigest()[:16]
 
 
+# Files beside the weights that change the vectors: the model's configuration, the tokenizer's, and a
+# sentence-transformers folder's modules (found in the folder and in its module subfolders).
+VECTOR_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+                "vocab.txt", "vocab.json", "merges.txt", "spiece.model", "sentencepiece.bpe.model", "modules.json",
+                "sentence_bert_config.json")
+
+
+def model_files_digests(path: Path) -> dict[str, str]:
+    """sha256 (16 hex digits) of each of the model folder's :data:`VECTOR_FILES`, by path relative to it:
+    a pipeline records them, as it records the weights' fingerprint, to refuse a model whose tokenizer
+    or pooling configuration changed after fitting."""
+    path = Path(path)
+    if not path.is_dir():  # an ONNX graph's model, not on this machine: the graph holds the tokenizer
+        return {}
+    folders = [path] + sorted(entry for entry in path.iterdir() if entry.is_dir() and not entry.name.startswith("."))
+    digests = {}
+    for folder in folders:
+        for name in VECTOR_FILES:
+            file = folder / name
+            if file.is_file():
+                digests[file.relative_to(path).as_posix()] = hashlib.sha256(file.read_bytes()).hexdigest()[:16]
+    return digests
+
+
 def legacy_fingerprint(path: Path) -> str | None:
     """The fingerprint pipelines stored before :func:`weight_files` (every top-level weight file,
     concatenated), so an old pipeline fitted on a folder holding several formats still matches."""

@@ -48,6 +48,8 @@ class Pipeline:
     model_path: str | None = None  # the resolved folder (absolute); None in pipelines of older versions
     model_revision: str | None = None  # a hub model's snapshot commit
     model_hub_id: str | None = None
+    # sha256 of the model's tokenizer and configuration files (None in pipelines of older versions)
+    model_files: dict[str, str] | None = None
     # The encoders :meth:`encode` built, by (batch_size, device, dtype).
     _encoders: dict = field(default_factory=dict, init=False, repr=False, compare=False)
     # The pipeline.json it was loaded from, for messages about its values (None when not loaded).
@@ -112,6 +114,7 @@ class Pipeline:
             self.check_model(source.fingerprint, source.name)
         else:  # an older pipeline: fingerprinted every top-level weight file
             self.check_model(legacy_fingerprint(source.path) or source.fingerprint, source.name)
+        self.check_model_files(source.path)
         return source
 
     def check_encoder(self, encoder) -> None:
@@ -121,6 +124,7 @@ class Pipeline:
                                             f"{self.pooling!r} vectors")
         if self.model_path is not None:  # older pipelines fingerprinted the weights otherwise (model_source)
             self.check_model(encoder.source.fingerprint, encoder.source.name)
+        self.check_model_files(encoder.source.path)
 
     def check_model(self, fingerprint: str, name: str) -> None:
         if fingerprint != self.model_fingerprint:
@@ -128,6 +132,20 @@ class Pipeline:
                 f"model {name} (weights {fingerprint}) is not the model this pipeline was fitted on "
                 f"({self.model}, weights {self.model_fingerprint}); refit with `whiten fit` for this model"
             )
+
+    def check_model_files(self, folder: Path) -> None:
+        """Refuse a model folder whose tokenizer or configuration files (those recorded at fitting) changed:
+        the same weights would give other vectors, whitened as if they were the fitted ones."""
+        from whiten_cli.encoder import model_files_digests
+
+        if not self.model_files or not Path(folder).is_dir():  # no folder: an ONNX graph, which holds its own
+            return
+        now = model_files_digests(Path(folder))
+        changed = next((name for name, digest in self.model_files.items() if now.get(name) != digest), None)
+        if changed is not None:
+            what = "is gone" if changed not in now else "differs from the one this pipeline was fitted with"
+            raise WhitenError(f"{Path(folder) / changed}: {what}, so the vectors would not be the fitted ones; "
+                              "refit with `whiten fit` (or restore the file)")
 
     def encode(self, texts: str | Sequence[str], encoder=None, *, batch_size: int | None = None,
                device: str = "cpu", dtype: str = "auto", progress=None) -> np.ndarray:
@@ -170,6 +188,8 @@ class Pipeline:
                 model["relative_path"] = Path(os.path.relpath(self.model_path, Path(folder).resolve())).as_posix()
         if self.model_hub_id is not None:
             model.update(hub_id=self.model_hub_id, revision=self.model_revision)
+        if self.model_files is not None:
+            model["files"] = self.model_files
         return {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
@@ -268,6 +288,7 @@ class Pipeline:
                 model_path=_model_folder(meta["model"], folder),
                 model_revision=meta["model"].get("revision"),
                 model_hub_id=meta["model"].get("hub_id"),
+                model_files=meta["model"].get("files"),
                 source_file=meta_file,
             )
         except (KeyError, TypeError, ValueError) as exc:
@@ -322,6 +343,10 @@ def _check_metadata(meta: dict, meta_file: Path) -> None:
         if not isinstance(meta["model"].get(key, ""), (str, type(None))):
             raise WhitenError(f"{meta_file}: not valid pipeline metadata (model.{key} is {meta['model'][key]!r}, "
                               "not a string or null)")
+    files = meta["model"].get("files")
+    if files is not None and not (isinstance(files, dict) and all(isinstance(v, str) for v in files.values())):
+        raise WhitenError(f"{meta_file}: not valid pipeline metadata (model.files is {files!r}, not an object of "
+                          "file digests)")
     if meta["pooling"] not in POOLINGS:
         raise WhitenError(f"{meta_file}: not valid pipeline metadata (pooling is {meta['pooling']!r}, not one of "
                           f"{', '.join(POOLINGS)})")
@@ -469,6 +494,7 @@ def check_fit_options(options: FitOptions, dim: int) -> None:
 def pipeline_from_stats(stats, encoder, options: FitOptions, count: int, info: dict | None = None) -> Pipeline:
     """The pipeline of ``options`` from the corpus's statistics (None without whitening), however they
     were gathered (one process, or blocks merged); ``encoder`` says which model, pooling and dtype."""
+    from whiten_cli.encoder import model_files_digests
     from whiten_cli.whitening import Eigenbasis
 
     whitening = eigenvalues = eigenvectors = None
@@ -490,6 +516,7 @@ def pipeline_from_stats(stats, encoder, options: FitOptions, count: int, info: d
     return Pipeline(
         model=encoder.source.name,
         model_fingerprint=encoder.source.fingerprint,
+        model_files=model_files_digests(encoder.source.path),
         pooling=encoder.pooling,
         max_length=encoder.max_length,
         input_dim=encoder.dim,

@@ -507,6 +507,7 @@ def tune(
 def build_pipeline(result: TuneResult, encoder, candidate: Candidate | None = None):
     """The chosen candidate (or another scored one) as a pipeline folder's content, with the tune
     record in its info."""
+    from whiten_cli.encoder import model_files_digests
     from whiten_cli.pipeline import Pipeline
     from whiten_cli.projection import RandomProjection
     from whiten_cli.whitening import Whitening
@@ -525,6 +526,7 @@ def build_pipeline(result: TuneResult, encoder, candidate: Candidate | None = No
     return Pipeline(
         model=encoder.source.name,
         model_fingerprint=encoder.source.fingerprint,
+        model_files=model_files_digests(encoder.source.path),
         pooling=candidate.pooling,
         max_length=encoder.max_length,
         input_dim=dim,
