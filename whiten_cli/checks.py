@@ -49,12 +49,9 @@ def seed(value, name: str = "seed") -> int:
     return value
 
 
-def vectors(value, dim: int, name: str = "vectors", dtype=np.float64) -> np.ndarray:
-    """``value`` as an (n, ``dim``) array of ``dtype``: real numbers, finite once cast.
-
-    Integers and floats of any width are taken; complex values (whose imaginary part the cast
-    would drop), strings, objects and bools are refused, and so is a value that overflows
-    ``dtype`` (1e39 in float32)."""
+def real_array(value, name: str) -> np.ndarray:
+    """``value`` as an array of integers or floats (objects converted where they are numbers); complex
+    values, strings, objects and bools are refused."""
     array = np.asarray(value)
     if array.dtype.kind == "O":
         try:
@@ -63,6 +60,16 @@ def vectors(value, dim: int, name: str = "vectors", dtype=np.float64) -> np.ndar
             raise ParameterError(name, "must hold real numbers, got dtype object") from None
     if array.dtype.kind not in "iuf":
         raise ParameterError(name, f"must hold real numbers, got dtype {array.dtype}")
+    return array
+
+
+def vectors(value, dim: int, name: str = "vectors", dtype=np.float64) -> np.ndarray:
+    """``value`` as an (n, ``dim``) array of ``dtype``: real numbers, finite once cast.
+
+    Integers and floats of any width are taken; complex values (whose imaginary part the cast
+    would drop), strings, objects and bools are refused, and so is a value that overflows
+    ``dtype`` (1e39 in float32)."""
+    array = real_array(value, name)
     if array.ndim != 2 or array.shape[1] != dim:
         raise ParameterError(name, f"must have shape (n, {dim}) (n vectors of dimension {dim}), got {array.shape}")
     given = array

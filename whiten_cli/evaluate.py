@@ -29,14 +29,7 @@ def rankdata(x: ArrayLike) -> np.ndarray:
 
 def _sequence(values: ArrayLike, name: str) -> np.ndarray:
     """``values`` as a 1-D float64 array: a 2-D array would be correlated flattened, strings fail in numpy."""
-    array = np.asarray(values)
-    if array.dtype.kind == "O":
-        try:
-            array = array.astype(np.float64)
-        except (TypeError, ValueError):
-            raise ParameterError(name, "must hold real numbers, got dtype object") from None
-    if array.dtype.kind not in "iuf":
-        raise ParameterError(name, f"must hold real numbers, got dtype {array.dtype}")
+    array = checks.real_array(values, name)
     if array.ndim != 1:
         raise ParameterError(name, f"must be one sequence of values (1-D), got shape {array.shape}")
     return array.astype(np.float64, copy=False)
