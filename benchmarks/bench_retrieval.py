@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import platform
 import sys
 import time
 from dataclasses import dataclass, replace
@@ -42,6 +41,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's whiten_cli
 
 from whiten_cli import index as ix  # noqa: E402
+from whiten_cli.encoder import cpu_description  # noqa: E402
 from whiten_cli.pipeline import Pipeline  # noqa: E402
 from whiten_cli.projection import RandomProjection  # noqa: E402
 from whiten_cli.stats import GaussianStats  # noqa: E402
@@ -454,7 +454,7 @@ def report(quality_results: dict | None, calibration_rows: list[dict] | None, co
            args, seconds: float, runs: list[dict] | None = None) -> str:
     lines = ["### Retrieval", ""]
     lines += [
-        f"Measured by `benchmarks/bench_retrieval.py` on {platform.machine()} (2 shared cores; other jobs ran at "
+        f"Measured by `benchmarks/bench_retrieval.py` on {cpu_description()} (2 shared cores; other jobs ran at "
         f"the same time, so timings carry some noise), faiss {faiss_version()}, one FAISS thread unless a run's "
         f"command below sets `--threads`. "
         f"Reproduce everything with `{args.command}` (about {seconds / 60:.0f} minutes here); the figures come "

@@ -13,6 +13,7 @@ checks that both return the same rows.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -22,6 +23,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's whiten_cli
 
 from whiten_cli import index as ix  # noqa: E402
+from whiten_cli.encoder import cpu_description  # noqa: E402
 
 K = 10
 
@@ -69,8 +71,9 @@ def main() -> None:
     faiss.omp_set_num_threads(args.threads)
     batches = [int(b) for b in args.batches.split(",")]
     rng = np.random.default_rng(0)
-    print(f"faiss {faiss.__version__}, {args.threads} thread(s), distance_compute_blas_threshold "
-          f"{faiss.cvar.distance_compute_blas_threshold}; µs per query, median of {args.rounds} alternating rounds")
+    print(f"{cpu_description()}, load average {os.getloadavg()[0]:.2f} at the start; faiss {faiss.__version__}, "
+          f"{args.threads} thread(s), distance_compute_blas_threshold {faiss.cvar.distance_compute_blas_threshold}; "
+          f"µs per query, median of {args.rounds} alternating rounds")
     print(f"{'index':28} {'dim':>4} {'queries':>7} {'plain FAISS':>12} {'whiten':>10} {'speed-up':>9}  same rows")
     setups = []
     for dim in (64, 128, 384):

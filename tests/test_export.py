@@ -163,7 +163,10 @@ def test_onnx_format_writes_the_graph_and_its_int8_twin(tmp_path, corpus, texts,
     assert "int8" in result.stdout
     folder = tmp_path / "onnx"
     assert (folder / "model.onnx").is_file() and (folder / "model.int8.onnx").is_file()
-    assert json.loads((folder / METADATA_FILE).read_text())["export_format"] == "onnx"
+    meta = json.loads((folder / METADATA_FILE).read_text())
+    assert meta["export_format"] == "onnx"
+    # the graph is written in a temporary folder, then swapped in: neither the report nor the record names that one
+    assert ".tmp" not in result.stdout and meta.get("path", str(folder)) == str(folder)
     expected = encode(tmp_path, corpus, "--pipeline", pipe)
     assert least_cosine(run_graph(folder, texts), expected) > 0.9999
 

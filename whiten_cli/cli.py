@@ -83,7 +83,7 @@ app = typer.Typer(
 # Options shared by several commands.
 ModelOpt = Annotated[Optional[str], typer.Option("--model", "-m", help="HF folder, sentence-transformers folder or hub id [default: all-MiniLM-L6-v2].")]
 PoolingOpt = Annotated[Optional[str], typer.Option("--pooling", "-p", help="cls, pooler, last-avg, first-last-avg, last2avg or model [default: model's own, else first-last-avg].")]
-FieldOpt = Annotated[Optional[str], typer.Option("--field", "--column", help="JSONL field or CSV/TSV column with the text [default: text/sentence].")]
+FieldOpt = Annotated[Optional[str], typer.Option("--field", "--column", help="JSONL field or CSV/TSV column with the text [default: the first of text, sentence, query, document].")]
 MaxLengthOpt = Annotated[Optional[int], typer.Option("--max-length", help="Tokens per text; longer texts are truncated and counted [default: a sentence-transformers folder's max_seq_length, else 128].")]
 BatchOpt = Annotated[Optional[int], typer.Option("--batch-size", help="Texts per forward pass [default: 64].")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:1, ...")]

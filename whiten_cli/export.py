@@ -71,6 +71,7 @@ def export(pipeline: Pipeline, out_dir: str | os.PathLike[str], format: str = "s
             report = _write_faiss(pipeline, tmp)
         else:
             report = dict(export_onnx(pipeline, tmp, quantize=quantize, model=model) or {})
+            report.pop("path", None)  # the temporary folder it was written in, gone once swapped in
         report = {**metadata(pipeline, format), **report}
         if not (tmp / METADATA_FILE).exists():
             (tmp / METADATA_FILE).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
