@@ -231,13 +231,15 @@ def test_fit_pipeline_texts(encoder):
     ({"chunk_size": -1}, r"^chunk_size must be at least 1, got -1"),  # fitted on nothing: 'got 0 vectors'
     ({"chunk_size": 2.5}, r"^chunk_size must be an integer"),
     ({"options": {"n_components": 4}}, r"^options must be FitOptions, got dict"),  # was an AttributeError
+    ({"encoder": None}, r"^encoder must be an Encoder, got NoneType"),  # was an AttributeError
+    ({"info": ["corpus.txt"]}, r"^info must be a dict, got list"),  # was a TypeError at saving
 ])
 def test_fit_pipeline_arguments(encoder, keywords, message):
     from whiten_cli.pipeline import fit_pipeline
 
-    arguments = {"options": FitOptions(), **keywords}
+    arguments = {"encoder": encoder, "options": FitOptions(), **keywords}
     with pytest.raises(ParameterError, match=message):
-        fit_pipeline(sample_sentences(10), encoder, **arguments)
+        fit_pipeline(sample_sentences(10), **arguments)
 
 
 def test_pipeline_encode_refuses_an_encoder_of_another_model_or_pooling(encoder, other_tiny_model):

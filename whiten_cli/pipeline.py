@@ -459,6 +459,10 @@ def fit_pipeline(
         raise ParameterError("texts", "must be a sequence of texts, got a single str (a fit needs at least 2 texts)")
     if not isinstance(options, FitOptions):
         raise ParameterError("options", f"must be FitOptions, got {type(options).__name__}")
+    if not all(hasattr(encoder, name) for name in ("encode", "dim", "source", "pooling")):
+        raise ParameterError("encoder", f"must be an Encoder, got {type(encoder).__name__}")
+    if info is not None and not isinstance(info, dict):
+        raise ParameterError("info", f"must be a dict, got {type(info).__name__}")
     if checks.integer(chunk_size, "chunk_size") < 1:
         raise ParameterError("chunk_size", f"must be at least 1, got {chunk_size}")
     if not isinstance(texts, Sequence):
