@@ -158,6 +158,24 @@ def fit_args(tiny_model, corpus, out, *extra):
     return ("fit", corpus, "-o", out, "--model", tiny_model, "--pooling", "cls", *extra)
 
 
+
+def test_fit_on_a_dataset_by_name_is_its_distinct_sentences(tiny_model, tmp_path, monkeypatch):
+    """As tune --fit-on and eval --fit-on take it (it was "no such file")."""
+    monkeypatch.setenv("WHITEN_STS_DIR", str(tmp_path / "sts"))
+    sentences = sample_sentences(24, seed=5)
+    rows = [f"{i}\tmain-captions\tMSRvid\t2012test\t{i:04d}\tnone\tnone\t{a}\t{b}\t{i % 5}.0"
+            for i, (a, b) in enumerate(zip(sentences[:12], sentences[12:]))]
+    header = "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore"
+    write(tmp_path / "sts" / "STS-B" / "train.tsv", "\n".join([header, *rows, rows[0]]) + "\n")  # a pair twice
+    as_text = write(tmp_path / "distinct.txt", "\n".join(dict.fromkeys(sentences)) + "\n")
+    for corpus, out in (("stsb-train", tmp_path / "by-name"), (as_text, tmp_path / "by-file")):
+        result = run(*fit_args(tiny_model, corpus, out, "-k", "4"))
+        assert result.exit_code == 0, result.output
+    assert "fitted on 24 texts" in result.output
+    by_name, by_file = Pipeline.load(tmp_path / "by-name"), Pipeline.load(tmp_path / "by-file")
+    assert by_name.info["corpus"] == "stsb-train"
+    np.testing.assert_allclose(by_name.whitening.kernel, by_file.whitening.kernel, rtol=1e-6, atol=1e-7)
+
 def test_fit_missing_corpus(tiny_model, tmp_path):
     missing, out = tmp_path / "missing.txt", tmp_path / "p"
     assert_one_line_error(run(*fit_args(tiny_model, missing, out)), str(missing), "no such file")

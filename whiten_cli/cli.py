@@ -265,7 +265,7 @@ def _pipeline_encoder(pipe, graph: Path | None, model: str | None, options: dict
 
 @app.command()
 def fit(
-    corpus: Annotated[Path, typer.Argument(help="Texts to fit on: .txt (one a line), .jsonl, .csv or .tsv; empty texts are skipped.")],
+    corpus: Annotated[Path, typer.Argument(help="Texts to fit on: .txt (one a line), .jsonl, .csv or .tsv (empty texts are skipped), a folder or glob of shards, or a dataset name such as stsb-train (its distinct sentences).")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Pipeline folder to write.")],
     model: ModelOpt = None,
     pooling: PoolingOpt = None,
@@ -298,6 +298,7 @@ def fit(
     from whiten_cli.projection import jl_distortion, jl_min_dim
     from whiten_cli.readers import read_texts
     from whiten_cli.shards import fit_statistics, is_sharded
+    from whiten_cli.sts import NAMED, corpus_sentences
 
     s = _settings(config, model=model, pooling=pooling, k=k, beta=beta, gamma=gamma, whiten=whiten, jl_dim=jl_dim,
                   seed=seed, normalize=normalize, max_length=max_length, batch_size=batch_size, dtype=dtype)
@@ -305,8 +306,9 @@ def fit(
     engine_ = _engine("fit", engine, ray_address, workers, backend)
     options = FitOptions(n_components=s.get("k"), beta=s["beta"], gamma=s["gamma"], whiten=s["whiten"],
                          jl_dim=s.get("jl_dim"), seed=s["seed"], normalize=s["normalize"])
-    if engine_.name == "local" and not is_sharded(corpus):
-        texts = read_texts(corpus, field=field, skip_empty=True)
+    by_name = engine_.name == "local" and not corpus.exists() and str(corpus).strip().lower() in NAMED
+    if by_name or (engine_.name == "local" and not is_sharded(corpus)):
+        texts = corpus_sentences(str(corpus)) if by_name else read_texts(corpus, field=field, skip_empty=True)
         if s["whiten"] and len(texts) < 2:
             raise InputError(corpus, "1 text; whitening is fitted on at least 2 (a mean and a covariance)")
         encoder = _encoder(s, device, no_cache, cache_dir, threads, backend)
