@@ -125,14 +125,15 @@ def corpus_sentences(spec: str, field: str | None = None) -> list[str]:
     from whiten_cli.readers import read_texts
 
     path = Path(spec).expanduser()
-    if path.is_file() and spec.strip().lower() not in NAMED:
-        if field is not None:
-            return read_texts(path, field=field, skip_empty=True)
-        try:
-            return list(dict.fromkeys(load_dataset(spec).sentences))
-        except NotPairsError:
-            return read_texts(path, field=field, skip_empty=True)
-    return list(dict.fromkeys(load_dataset(spec).sentences))
+    a_file = path.is_file() and spec.strip().lower() not in NAMED
+    if a_file and field is not None:
+        return read_texts(path, field=field, skip_empty=True)
+    try:
+        return list(dict.fromkeys(load_dataset(spec).sentences))
+    except NotPairsError:
+        if not a_file:  # a file inside a dataset folder
+            raise
+        return read_texts(path, skip_empty=True)
 
 
 def sts_dir() -> Path:
