@@ -181,13 +181,19 @@ def model_files_digests(path: Path) -> dict[str, str]:
     if not path.is_dir():  # an ONNX graph's model, not on this machine: the graph holds the tokenizer
         return {}
     folders = [path] + sorted(entry for entry in path.iterdir() if entry.is_dir() and not entry.name.startswith("."))
-    digests = {}
-    for folder in folders:
-        for name in VECTOR_FILES:
-            file = folder / name
-            if file.is_file():
-                digests[file.relative_to(path).as_posix()] = hashlib.sha256(file.read_bytes()).hexdigest()[:16]
-    return digests
+    files = [folder / name for folder in folders for name in VECTOR_FILES if (folder / name).is_file()]
+    return {file.relative_to(path).as_posix(): _small_file_digest(str(file), *_stamp(file)) for file in files}
+
+
+def _stamp(file: Path) -> tuple[int, int]:
+    status = file.stat()
+    return status.st_size, status.st_mtime_ns
+
+
+@lru_cache(maxsize=256)
+def _small_file_digest(file: str, size: int, mtime_ns: int) -> str:
+    """16 hex digits of sha256, read once per (size, mtime): a pipeline checks them at every encode."""
+    return hashlib.sha256(Path(file).read_bytes()).hexdigest()[:16]
 
 
 def legacy_fingerprint(path: Path) -> str | None:
