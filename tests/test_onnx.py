@@ -264,3 +264,17 @@ def test_unknown_backend_and_gpu_are_refused(tiny_model, corpus, tmp_path):
     result = run("encode", corpus, "-o", tmp_path / "v.npy", "--model", tiny_model, "--backend", "onnx",
                  "--dtype", "bfloat16")
     assert result.exit_code == 2 and "not available with --backend onnx" in result.stderr
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"batch_size": 2.5}, r"^batch_size must be an integer"),  # was accepted, and failed in the batching
+    ({"batch_size": 0}, r"^batch_size must be positive"),
+    ({"threads": 0}, r"^threads must be positive"),
+    ({"max_length": 1}, r"^max_length must be at least 2"),
+])
+def test_onnx_encoder_checks_its_options_as_the_torch_encoder_does(tmp_path, options, message):
+    from whiten_cli.errors import ParameterError
+    from whiten_cli.onnx_backend import OnnxEncoder
+
+    with pytest.raises(ParameterError, match=message):
+        OnnxEncoder(tmp_path, **options)

@@ -359,20 +359,13 @@ class Encoder:
         cache=None,
         threads: int | None = None,
     ):
-        from whiten_cli import checks
-
         if model is not None and not isinstance(model, str):
             if not isinstance(model, os.PathLike):
                 raise ParameterError("model", f"must be a folder, a hub id or None, got {model!r}")
             model = os.fspath(model)
-        if max_length is not None and checks.integer(max_length, "max_length") < 2:
-            raise ParameterError("max_length", f"must be at least 2, got {max_length}")
-        if checks.integer(batch_size, "batch_size") < 1:
-            raise ParameterError("batch_size", f"must be positive, got {batch_size}")
+        check_run_options(max_length, batch_size, threads)
         if dtype not in DTYPES:
             raise WhitenError(f"unknown dtype {dtype!r} (choose from {', '.join(DTYPES)})")
-        if threads is not None and checks.integer(threads, "threads") < 1:
-            raise ParameterError("threads", f"must be positive, got {threads}")
         _check_device(device, dtype)
         choice = choose_dtype(dtype, device)
         _log.info("dtype %s%s: %s", choice.dtype, " (auto)" if dtype == "auto" else "", choice.reason)
@@ -908,6 +901,18 @@ def bfloat16_speedup() -> float:
     a, b = torch.randn(128, 384, generator=generator), torch.randn(384, 384, generator=generator)
     with torch.inference_mode():
         return best(a, b) / max(best(a.bfloat16(), b.bfloat16()), 1e-9)
+
+
+def check_run_options(max_length: int | None, batch_size: int, threads: int | None) -> None:
+    """How an encoder runs, whichever its backend: integers, max_length at least 2, the others positive."""
+    from whiten_cli import checks
+
+    if max_length is not None and checks.integer(max_length, "max_length") < 2:
+        raise ParameterError("max_length", f"must be at least 2, got {max_length}")
+    if checks.integer(batch_size, "batch_size") < 1:
+        raise ParameterError("batch_size", f"must be positive, got {batch_size}")
+    if threads is not None and checks.integer(threads, "threads") < 1:
+        raise ParameterError("threads", f"must be positive, got {threads}")
 
 
 def _check_token_ids(ids: list[list[int]], texts: list[str], embeddings: int, folder: Path) -> None:

@@ -22,7 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from whiten_cli.encoder import DEFAULT_BATCH_SIZE, Encoder, ModelSource, _batches, _check_token_ids, check_pooling
+from whiten_cli.encoder import (DEFAULT_BATCH_SIZE, Encoder, ModelSource, _batches, _check_token_ids, check_pooling,
+                                check_run_options)
 from whiten_cli.errors import WhitenError
 from whiten_cli.onnx_export import (GRAPH_FILE, INT8_FILE, INT8_SCHEME, SENTENCE_EMBEDDING, TOKENIZER_FILE,
                                     missing_extra, quantize_int8, read_metadata)
@@ -154,12 +155,7 @@ class OnnxEncoder(Encoder):
                  graphs_dir: str | os.PathLike[str] | None = None):
         if dtype not in ONNX_DTYPES:
             raise WhitenError(f"--dtype {dtype} is not available with --backend onnx (float32 or int8)")
-        if max_length is not None and max_length < 2:
-            raise WhitenError(f"--max-length must be at least 2, got {max_length}")
-        if batch_size < 1:
-            raise WhitenError(f"--batch-size must be positive, got {batch_size}")
-        if threads is not None and threads < 1:
-            raise WhitenError(f"--threads must be positive, got {threads}")
+        check_run_options(max_length, batch_size, threads)
         self.dtype = "int8" if dtype == "int8" else "float32"
         self.runner = GraphRunner(folder, int8=self.dtype == "int8", threads=threads, max_length=max_length,
                                   graphs_dir=graphs_dir)
