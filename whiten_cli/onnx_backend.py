@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from whiten_cli.encoder import (DEFAULT_BATCH_SIZE, Encoder, ModelSource, _batches, _check_token_ids, check_pooling,
-                                check_run_options)
+                                check_run_options, model_files_digests)
 from whiten_cli.errors import WhitenError
 from whiten_cli.onnx_export import (GRAPH_FILE, INT8_FILE, INT8_SCHEME, SENTENCE_EMBEDDING, TOKENIZER_FILE,
                                     missing_extra, quantize_int8, read_metadata)
@@ -67,7 +67,9 @@ class GraphRunner:
             raise WhitenError(f"{self.folder}: unreadable ONNX export ({reason})") from None
         self.tokenizer.no_padding()
         self.tokenizer.enable_truncation(self.max_length, direction=_truncation_side(self.folder))
-        self.tokenizer_digest = _tokenizer_digest(self.folder)
+        # the graph's hash does not cover the files tokenization reads: the cache key names them
+        digests = model_files_digests(self.folder)
+        self.tokenizer_digest = ",".join(f"{name}={digests[name]}" for name in sorted(digests))
         self.inputs = list(self.metadata["inputs"])
         self.pad = int(self.metadata["pad_token_id"])
 
@@ -107,17 +109,6 @@ class GraphRunner:
                 out = np.empty((len(texts), vectors.shape[1]), dtype=np.float32)
             out[rows] = vectors
         return out
-
-
-def _tokenizer_digest(folder: Path) -> str:
-    """sha256 of the files tokenization reads, for the cache key: the graph's hash does not cover them."""
-    digest = hashlib.sha256()
-    for name in (TOKENIZER_FILE, "tokenizer_config.json"):
-        try:
-            digest.update(name.encode() + b"\0" + (folder / name).read_bytes())
-        except OSError:
-            digest.update(name.encode() + b"\0\xff")
-    return digest.hexdigest()[:16]
 
 
 def _truncation_side(folder: Path) -> str:
