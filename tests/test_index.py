@@ -67,7 +67,7 @@ def test_choose_index_follows_faiss_guidelines():
     assert ix.estimate_bytes(plan_index("auto", 1_000_000, 128, max_memory=200 * 2**20), 1_000_000, 128) <= 200 * 2**20
     # tighter: PQ codes, as many bytes per vector as fit
     factory, reason = choose_index(1_000_000, 128, max_memory=100 * 2**20)
-    assert factory.startswith("IVF4096,PQ") and "--max-memory" in reason
+    assert factory.startswith("IVF4096,PQ") and "100.0 MiB memory budget" in reason
     plan = plan_index("auto", 1_000_000, 128, max_memory=100 * 2**20)
     assert ix.estimate_bytes(plan, 1_000_000, 128) <= 100 * 2**20
     assert 128 % plan.pq_m == 0 and plan.pq_m >= 64
@@ -100,7 +100,7 @@ def test_plan_rejects_bad_options():
         plan_index("flat", 0, 8)
     with pytest.raises(WhitenError, match="divide"):
         plan_index("ivfpq", 5000, 8, pq_m=3)
-    with pytest.raises(WhitenError, match="too few"):
+    with pytest.raises(WhitenError, match="too few .* lower nlist"):  # the parameter, not the CLI's flag
         plan_index("ivf", 100, 8, nlist=64)
     with pytest.raises(WhitenError, match="too few"):
         plan_index("ivfpq", 300, 8, pq_m=4)  # PQ codebooks need 39 × 16 points; SQ8 needs none
@@ -113,8 +113,10 @@ def test_parse_size():
     assert ix.parse_size("1.5g") == int(1.5 * 2**30)
     assert ix.parse_size("123456") == 123456
     for bad in ("lots", "-1G", "0"):
-        with pytest.raises(WhitenError):
+        with pytest.raises(WhitenError, match=f"^max_memory '{bad}'"):
             ix.parse_size(bad)
+    with pytest.raises(WhitenError, match="^max_memory 1.0 KiB is less than"):
+        plan_index("auto", 500, 8, max_memory=1024)
 
 
 # --------------------------------------------------------------------------- build and search

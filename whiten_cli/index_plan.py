@@ -109,10 +109,10 @@ def parse_size(text: str) -> int:
     """Bytes from ``"500M"``, ``"2GiB"``, ``"1.5g"``, ``"1000000"`` (K, M, G, T count in 1024s)."""
     match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([kmgt]?)(i?b)?\s*", text, re.IGNORECASE)
     if not match:
-        raise WhitenError(f"--max-memory {text!r}: expected a size such as 500M, 2G or a number of bytes")
+        raise ParameterError("max_memory", f"{{name}} {text!r}: expected a size such as 500M, 2G or a number of bytes")
     value = float(match.group(1)) * 1024 ** " kmgt".index(match.group(2).lower() or " ")
     if value < 1:
-        raise WhitenError(f"--max-memory {text!r}: must be positive")
+        raise ParameterError("max_memory", f"{{name}} {text!r}: must be positive")
     return int(value)
 
 
@@ -161,8 +161,8 @@ def plan_index(
         return IndexPlan("hnsw", f"HNSW{m}", f"hnsw: graph with {m} links per vector, as asked", hnsw_m=m)
     lists = nlist or ivf_lists(n)
     if lists * MIN_PER_CENTROID > n:
-        raise WhitenError(f"{kind}: {n} vectors are too few to train {lists} lists (FAISS wants ≥ {MIN_PER_CENTROID} "
-                          f"per list; lower --nlist, or use --kind flat)")
+        raise ParameterError("nlist", f"{kind}: {n} vectors are too few to train {lists} lists (FAISS wants ≥ "
+                             f"{MIN_PER_CENTROID} per list; lower {{name}}, or use the flat kind)")
     if kind == "ivf":
         return IndexPlan("ivf", f"IVF{lists},Flat", f"ivf: {lists} lists, as asked", nlist=lists,
                          train_size=_train_size(n, lists))
@@ -178,7 +178,7 @@ def _ivfpq(n: int, dim: int, lists: int, m: int, reason: str) -> IndexPlan:
     bits = _pq_bits(_train_size(n, lists, 8))
     if bits < 4:
         raise WhitenError(f"ivfpq: {n} vectors are too few to train product quantization (need at least "
-                          f"{MIN_PER_CENTROID * 16}); use --kind flat or ivf")
+                          f"{MIN_PER_CENTROID * 16}); use the flat or ivf kind")
     suffix = "" if bits == 8 else f"x{bits}"
     return IndexPlan("ivfpq", f"IVF{lists},PQ{m}{suffix}", reason, nlist=lists, pq_m=m, pq_bits=bits,
                      train_size=_train_size(n, lists, bits))
@@ -187,7 +187,7 @@ def _ivfpq(n: int, dim: int, lists: int, m: int, reason: str) -> IndexPlan:
 def _auto(n: int, dim: int, max_memory: int | None) -> IndexPlan:
     size = f"{n:,} vectors of {dim} dimensions"
     flat = IndexPlan("flat", "Flat", "")
-    budget = f", within --max-memory {_human(max_memory)}" if max_memory is not None else ""
+    budget = f", within the {_human(max_memory)} memory budget" if max_memory is not None else ""
     fits = max_memory is None or estimate_bytes(flat, n, dim) <= max_memory
     if n < FLAT_LIMIT and fits:
         why = (f"flat: {size} is fewer than {FLAT_LIMIT:,}, so exact search is fast enough "
@@ -204,16 +204,16 @@ def _auto(n: int, dim: int, max_memory: int | None) -> IndexPlan:
                f"trained on {ivf.train_size:,} sampled vectors ({_human(ivf_bytes)}{budget})")
         return replace(ivf, reason=why)
     if n < MIN_PER_CENTROID * 16:
-        raise WhitenError(f"--max-memory {_human(max_memory)} is less than the {_human(ivf_bytes)} that {n:,} "
-                          f"uncompressed vectors need, and too few vectors to train product quantization")
+        raise ParameterError("max_memory", f"{{name}} {_human(max_memory)} is less than the {_human(ivf_bytes)} that "
+                             f"{n:,} uncompressed vectors need, and too few vectors to train product quantization")
     for m in sorted(_divisors(dim), reverse=True):
         plan = _ivfpq(n, dim, lists, m, "")
         need = estimate_bytes(plan, n, dim)
         if need <= max_memory:
-            why = (f"ivfpq: uncompressed vectors need {_human(ivf_bytes)}, more than --max-memory "
-                   f"{_human(max_memory)}; {cells} with {m}-byte {'SQ8' if plan.scalar else 'PQ'} codes instead of {4 * dim} bytes "
+            why = (f"ivfpq: uncompressed vectors need {_human(ivf_bytes)}, more than the "
+                   f"{_human(max_memory)} memory budget; {cells} with {m}-byte {'SQ8' if plan.scalar else 'PQ'} codes instead of {4 * dim} bytes "
                    f"({_human(need)})")
             return replace(plan, reason=why)
     smallest = estimate_bytes(_ivfpq(n, dim, lists, 1, ""), n, dim)
-    raise WhitenError(f"--max-memory {_human(max_memory)} is too small for {n:,} vectors: the smallest index "
-                      f"(IVF{lists},PQ1) needs {_human(smallest)}")
+    raise ParameterError("max_memory", f"{{name}} {_human(max_memory)} is too small for {n:,} vectors: the "
+                         f"smallest index (IVF{lists},PQ1) needs {_human(smallest)}")
