@@ -97,6 +97,7 @@ def test_graph_equals_encode_pipeline(pooling, tiny_model, dense_st_model, corpu
     (tmp_path / "export").mkdir()
     report = export_onnx(Pipeline.load(tmp_path / "pipeline"), tmp_path / "export")
     assert report["output_dim"] == 12 and report["opset"] == 18
+    assert report["files"] == sorted(path.name for path in (tmp_path / "export").iterdir())  # every file written
     ok("encode", corpus, "--pipeline", tmp_path / "pipeline", "-o", tmp_path / "v.npy", "--no-cache")
     expected = np.load(tmp_path / "v.npy")
     assert least_cosine(run_graph(tmp_path / "export", SENTENCES), expected) > 0.9999
