@@ -209,8 +209,10 @@ def test_vector_folder_with_an_empty_shard_names_it(tiny_model, tmp_path):
     vectors = tmp_path / "vectors"
     assert run("encode", shards, "-o", vectors, "-m", tiny_model, "-p", "cls", "--no-cache", "-q").exit_code == 0
     pipe = tmp_path / "pipe"
-    assert run("fit", shards / "part0.txt", "-o", pipe, "-m", tiny_model, "-p", "cls", "--no-cache", "-q").exit_code == 0
-    # The pipeline keeps every dimension, so the raw vectors of the folder are the right width; one shard is emptied.
+    # k=5: 6 texts span 5 directions. The pipeline reads raw vectors, so the folder's are the right width.
+    fit = run("fit", shards / "part0.txt", "-o", pipe, "-m", tiny_model, "-p", "cls", "-k", "5", "--no-cache", "-q")
+    assert fit.exit_code == 0, fit.output
+    # One shard is emptied.
     shard = sorted(vectors.glob("*.npy"))[0]
     write(shard, b"")
     result = run("index", shards / "part0.txt", "--pipeline", pipe, "-o", tmp_path / "index", "--vectors", vectors, "-q")

@@ -246,6 +246,15 @@ def test_warnings_with_line_breaks_are_one_line(tiny_model, corpus, tmp_path, mo
     assert "warning: the cache is slow on this disk" in result.stderr.splitlines()
 
 
+@pytest.mark.filterwarnings("error")
+def test_a_warning_made_an_error_is_one_line_not_an_internal_error(tiny_model, corpus, tmp_path):
+    """python -W error or PYTHONWARNINGS=error: the warning is the error, in one line, exit 2."""
+    few = write(tmp_path / "few.txt", "\n".join(sample_sentences(6)) + "\n")  # 6 texts span 5 of 32 directions
+    result = run("fit", few, "-o", tmp_path / "pipe", "-m", tiny_model, "-p", "cls", "--no-cache")
+    assert_one_line_error(result, "rank-deficient")
+    assert "internal error" not in result.stderr
+
+
 # --- progress in logs ---------------------------------------------------------------------------------
 
 

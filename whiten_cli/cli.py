@@ -38,7 +38,8 @@ class _Group(TyperGroup):
     A WhitenError, or a fault of the machine or of a damaged file (disk full, out of memory,
     unreadable database...), is one ``error:`` line on stderr and exit code 2; anything else is a
     bug, reported as one ``error: internal error`` line and exit code 1 (WHITEN_DEBUG=1 re-raises
-    it, and every fault other than a WhitenError, for the traceback). Warnings are one line too.
+    it, and every fault other than a WhitenError, for the traceback). Warnings are one line too, and
+    so is a warning the user's filters turn into an error (exit code 2).
     """
 
     def invoke(self, ctx: typer.Context):
@@ -58,6 +59,9 @@ class _Group(TyperGroup):
         except KeyboardInterrupt:
             typer.echo("interrupted", err=True)
             raise typer.Exit(130) from None
+        except Warning as exc:  # raised where the user made warnings errors (python -W error, PYTHONWARNINGS)
+            typer.echo(f"error: {one_line(exc)}", err=True)
+            raise typer.Exit(2) from None
         except Exception as exc:
             if os.environ.get("WHITEN_DEBUG", "") not in ("", "0"):
                 raise
