@@ -99,6 +99,33 @@ def built(tmp_path):
 # --------------------------------------------------------------------------- building
 
 
+def test_index_search_and_append_close_the_documents_file(tmp_path, monkeypatch):
+    """A file left for the garbage collector (a ResourceWarning) is a leak in a long-running caller."""
+    import gc
+
+    opened = []
+    real_open = open
+
+    def tracking_open(file, *args, **kwargs):
+        handle = real_open(file, *args, **kwargs)
+        if str(file).endswith(ix.DOCS_FILE) and "r" in (args[0] if args else kwargs.get("mode", "r")):
+            opened.append(handle)
+        return handle
+
+    monkeypatch.setattr("builtins.open", tracking_open)
+    pipe = make_pipeline(tmp_path / "pipe")
+    corpus = write(tmp_path / "corpus.txt", "\n".join(SENTENCES) + "\n")
+    more = write(tmp_path / "more.txt", "one more text\n")
+    for args in (("index", corpus, "--pipeline", pipe, "-o", tmp_path / "idx"), ("search", tmp_path / "idx", "cat"),
+                 ("index", more, "--pipeline", pipe, "-o", tmp_path / "idx", "--append")):
+        assert run(*args).exit_code == 0
+    assert opened and all(handle.closed for handle in opened)
+    gc.collect()
+    with ix.VectorIndex.load(tmp_path / "idx") as index:
+        assert index.document(0).text == SENTENCES[0]
+    assert all(handle.closed for handle in opened)
+
+
 def test_index_says_what_it_chose_and_writes_the_folder(built):
     folder, _ = built
     assert sorted(p.name for p in folder.iterdir()) == sorted(ix.REQUIRED)

@@ -719,7 +719,8 @@ def index_(
     if append:
         with writing(output):  # under the lock, onto the latest index
             appended = ix.append_records(output, matrix, records, corpus, pipe)
-        typer.echo(f"added {len(docs)} documents to {output} ({len(appended)} in all, {appended.factory})")
+        with appended:
+            typer.echo(f"added {len(docs)} documents to {output} ({len(appended)} in all, {appended.factory})")
         return
     builder = ix.build_faiss
     if ray_workers is not None:
@@ -732,7 +733,7 @@ def index_(
     typer.echo(f"index {built.factory}: {built.metadata['reason']}")
     if (output / ix.METADATA_FILE).is_file():
         _say(f"note: replacing the index at {output} (use --append to add to it)")
-    with writing(output):
+    with built, writing(output):
         built.save(output)
     typer.echo(f"wrote {len(built)} documents of dimension {built.dim} to {output}")
 
@@ -796,43 +797,43 @@ def search(
 
     ix.check_search_options(k, nprobe, ef, threshold)  # before the queries are read and encoded
     texts = _read_queries(queries, file, field)
-    index = ix.VectorIndex.load(index_dir)
-    if pipeline_dir is not None:
-        from whiten_cli.pipeline import Pipeline
+    with ix.VectorIndex.load(index_dir) as index:
+        if pipeline_dir is not None:
+            from whiten_cli.pipeline import Pipeline
 
-        ix.check_pipeline(index.metadata, Pipeline.load(pipeline_dir), str(pipeline_dir), index_dir)
-    if k > len(index):
-        _say(f"note: -k {k} is more than the {len(index)} documents in the index; showing all {len(index)}")
-    s = _settings(None, batch_size=batch_size, dtype=dtype)
-    backend = backend or ("onnx" if index.onnx_graph is not None else "torch")
-    encoder = _pipeline_encoder(index.pipeline, index.onnx_graph, model,
-                                _encoding(s, device, no_cache=True, threads=threads), backend)
-    query_vectors = index.pipeline.transform(encoder.encode(texts))
-    results = index.search(query_vectors, k, nprobe=nprobe, ef=ef, threshold=threshold)
-    if json_out:
+            ix.check_pipeline(index.metadata, Pipeline.load(pipeline_dir), str(pipeline_dir), index_dir)
+        if k > len(index):
+            _say(f"note: -k {k} is more than the {len(index)} documents in the index; showing all {len(index)}")
+        s = _settings(None, batch_size=batch_size, dtype=dtype)
+        backend = backend or ("onnx" if index.onnx_graph is not None else "torch")
+        encoder = _pipeline_encoder(index.pipeline, index.onnx_graph, model,
+                                    _encoding(s, device, no_cache=True, threads=threads), backend)
+        query_vectors = index.pipeline.transform(encoder.encode(texts))
+        results = index.search(query_vectors, k, nprobe=nprobe, ef=ef, threshold=threshold)
+        if json_out:
+            for text, hits in zip(texts, results):
+                for hit in hits:
+                    typer.echo(json.dumps({"query": text, "rank": hit.rank, "score": round(hit.score, 6), "id": hit.id,
+                                           "text": hit.text}, ensure_ascii=False))
+            return
+        from rich.console import Console
+
+        console = Console()
+        if console.is_terminal:
+            from rich.table import Table
+
+            for text, hits in zip(texts, results):
+                table = Table(title=text if len(texts) > 1 else None, title_justify="left", box=None)
+                for name, justify in (("rank", "right"), ("score", "right"), ("id", "left"), ("text", "left")):
+                    table.add_column(name, justify=justify, overflow="fold" if name == "text" else "ellipsis")
+                for hit in hits:
+                    table.add_row(str(hit.rank), f"{hit.score:.4f}", hit.id, hit.text)
+                console.print(table if hits else "(no hits)")
+            return
         for text, hits in zip(texts, results):
+            prefix = f"{_clean(text)}\t" if len(texts) > 1 else ""
             for hit in hits:
-                typer.echo(json.dumps({"query": text, "rank": hit.rank, "score": round(hit.score, 6), "id": hit.id,
-                                       "text": hit.text}, ensure_ascii=False))
-        return
-    from rich.console import Console
-
-    console = Console()
-    if console.is_terminal:
-        from rich.table import Table
-
-        for text, hits in zip(texts, results):
-            table = Table(title=text if len(texts) > 1 else None, title_justify="left", box=None)
-            for name, justify in (("rank", "right"), ("score", "right"), ("id", "left"), ("text", "left")):
-                table.add_column(name, justify=justify, overflow="fold" if name == "text" else "ellipsis")
-            for hit in hits:
-                table.add_row(str(hit.rank), f"{hit.score:.4f}", hit.id, hit.text)
-            console.print(table if hits else "(no hits)")
-        return
-    for text, hits in zip(texts, results):
-        prefix = f"{_clean(text)}\t" if len(texts) > 1 else ""
-        for hit in hits:
-            typer.echo(f"{prefix}{hit.rank}\t{hit.score:.4f}\t{_clean(hit.id)}\t{_clean(hit.text)}")
+                typer.echo(f"{prefix}{hit.rank}\t{hit.score:.4f}\t{_clean(hit.id)}\t{_clean(hit.text)}")
 
 
 # --------------------------------------------------------------------------- tune and compare

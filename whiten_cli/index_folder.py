@@ -70,7 +70,8 @@ class VectorIndex:
 
     >>> index = VectorIndex.build(vectors, ["first text", "second text"], pipeline, kind="flat")
     >>> index.save("my-index")
-    >>> hits = VectorIndex.load("my-index").search(query_vectors, k=5)   # one list of Hits per query
+    >>> with VectorIndex.load("my-index") as index:   # closes the documents' file
+    ...     hits = index.search(query_vectors, k=5)     # one list of Hits per query
     """
 
     def __init__(self, faiss_index, pipeline, metadata: dict, stored: _DocFile | None = None,
@@ -189,6 +190,17 @@ class VectorIndex:
 
     def __len__(self) -> int:
         return int(self._faiss.ntotal)
+
+    def close(self) -> None:
+        """Close the saved documents' file (the index is usable again only through :meth:`load`)."""
+        if self._stored is not None:
+            self._stored.close()
+
+    def __enter__(self) -> VectorIndex:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
 
     @property
     def dim(self) -> int:
@@ -407,11 +419,15 @@ def append_records(path: str | os.PathLike[str], vectors: np.ndarray, records, s
 def _append(path: Path, vectors: np.ndarray, make_docs, pipeline) -> VectorIndex:
     with locked(path):
         index = VectorIndex.load(path)
-        if pipeline is not None and pipeline_fingerprint(pipeline) != index.metadata["pipeline"]["fingerprint"]:
-            raise WhitenError(f"{path}: the index was rebuilt with another pipeline while these documents were "
-                              f"encoded; run the append again")
-        index.add(vectors, make_docs(index))
-        index.save(path)
+        try:
+            if pipeline is not None and pipeline_fingerprint(pipeline) != index.metadata["pipeline"]["fingerprint"]:
+                raise WhitenError(f"{path}: the index was rebuilt with another pipeline while these documents were "
+                                  f"encoded; run the append again")
+            index.add(vectors, make_docs(index))
+            index.save(path)
+        except BaseException:
+            index.close()
+            raise
     return index
 
 
