@@ -1,3 +1,5 @@
+import warnings
+
 import numpy as np
 import pytest
 
@@ -95,18 +97,24 @@ def test_spearman_matches_scipy_with_ties():
     """Average ranks for ties, as scipy.stats.spearmanr: 0/1 labels (ATEC, BQ, LCQMC, PAWSX) and
     integer scores (STS-B-zh) tie heavily."""
     stats = pytest.importorskip("scipy.stats")
-    from hypothesis import given, settings, strategies as st
+    from hypothesis import example, given, settings, strategies as st
 
     values = st.one_of(st.integers(0, 1), st.integers(0, 5), st.floats(-1, 1, allow_nan=False))
 
     @settings(max_examples=300, deadline=None)
     @given(st.lists(st.tuples(values, values), min_size=2, max_size=60))
+    @example(pairs=[(0, 1), (1, 1 - 2**-53)])  # found by CI: a near-constant column, skipped for Pearson
     def check(pairs):
         x, y = (np.array(column, dtype=np.float64) for column in zip(*pairs))
         if np.ptp(x) == 0 or np.ptp(y) == 0:
             return  # no correlation defined: an error here (test_correlation_rejects_degenerate_input)
         assert spearman(x, y) == pytest.approx(stats.spearmanr(x, y).statistic, abs=1e-9)
-        assert pearson(x, y) == pytest.approx(stats.pearsonr(x, y).statistic, abs=1e-9)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            expected = stats.pearsonr(x, y).statistic
+        if any(issubclass(w.category, stats.NearConstantInputWarning) for w in caught):
+            return  # values a few ulps apart ([1, 1 − 2⁻⁵³]): no Pearson is accurate there, scipy's included
+        assert pearson(x, y) == pytest.approx(expected, abs=1e-9)
 
     check()
 
