@@ -813,8 +813,8 @@ def search(
         if json_out:
             for text, hits in zip(texts, results):
                 for hit in hits:
-                    typer.echo(json.dumps({"query": text, "rank": hit.rank, "score": round(hit.score, 6), "id": hit.id,
-                                           "text": hit.text}, ensure_ascii=False))
+                    typer.echo(json.dumps({"query": text, "rank": hit.rank, "score": round(hit.score, 6),
+                                           "id": hit.id, "text": hit.text}, ensure_ascii=False))
             return
         from rich.console import Console
 
