@@ -258,3 +258,32 @@ def test_encode_shards_never_replace_a_folder_that_is_not_a_vector_folder(tiny_m
     result = run("encode", shards, "-o", output, "-m", tiny_model, "-p", "cls", "--no-cache", "-q")
     assert_one_line_error(result, str(output), "not a vector folder")
     assert sorted(p.name for p in output.iterdir()) == kept
+
+
+def test_search_into_a_closed_pipe_stops_quietly(index_dir):
+    """`whiten search ... | head`: the reader leaves early. It was "error: Broken pipe", exit 2."""
+    import subprocess
+    import sys
+
+    queries = "".join(f"query number {i}\n" for i in range(300))  # ~300 × k lines: more than a pipe holds
+    process = subprocess.Popen([sys.executable, "-m", "whiten_cli.cli", "search", str(index_dir), "-k", "50"],
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process.stdin.write(queries.encode())
+    process.stdin.close()
+    assert process.stdout.readline()  # the first hit, then the reader goes away
+    process.stdout.close()
+    stderr = process.stderr.read().decode()
+    assert process.wait() == 141, stderr
+    assert "error" not in stderr and "Traceback" not in stderr and "Exception ignored" not in stderr
+
+
+@pytest.mark.parametrize("command", [["encode", "{corpus}", "-o", "-"], ["fit", "{corpus}", "-o", "-"],
+                                     ["encode", "{corpus}", "-o", "{tmp}/v.npy", "--raw-output", "-"],
+                                     ["eval", "{corpus}", "--plot", "-"]])
+def test_dash_is_not_taken_for_a_file_named_dash(command, corpus, tmp_path, monkeypatch):
+    """`-o -` wrote a folder of shards named "-" (or a pipeline folder); no output goes to stdout here."""
+    monkeypatch.chdir(tmp_path)
+    args = [arg.format(corpus=corpus, tmp=tmp_path) for arg in command]
+    flag = args[args.index("-") - 1]
+    assert_one_line_error(run(*args), f"{flag} -: not standard output here")
+    assert not (tmp_path / "-").exists()

@@ -63,6 +63,8 @@ class _Group(TyperGroup):
             typer.echo(f"error: {one_line(exc)}", err=True)
             raise typer.Exit(2) from None
         except Exception as exc:
+            if isinstance(exc, BrokenPipeError) and _stdout_is_gone():
+                raise typer.Exit(141) from None  # `whiten search ... | head`: quietly, as `yes | head` (128 + SIGPIPE)
             if os.environ.get("WHITEN_DEBUG", "") not in ("", "0"):
                 raise
             fault = describe_fault(exc)
@@ -104,6 +106,32 @@ BackendOpt = Annotated[Optional[str], typer.Option("--backend", help="torch [def
 EngineOpt = Annotated[str, typer.Option("--engine", help="local (this process) or ray (a Ray cluster: pip install 'whiten[ray]'); same results.")]
 RayAddressOpt = Annotated[Optional[str], typer.Option("--ray-address", help="--engine ray: an existing cluster (HOST:PORT, or auto) [default: start a local Ray].")]
 WorkersOpt = Annotated[Optional[int], typer.Option("--workers", help="--engine ray: encoder actors, one CPU each [default: every CPU of the cluster].")]
+
+
+def _stdout_is_gone() -> bool:
+    """Whether the reader of standard output has closed it (a pipe with no reader polls as an error).
+    If so, stdout is pointed at /dev/null, so that Python's flush at exit does not fail once more."""
+    import os
+    import select
+
+    try:
+        fd = sys.stdout.fileno()
+        poller = select.poll()
+        poller.register(fd, select.POLLOUT)
+        if not any(events & select.POLLERR for _, events in poller.poll(0)):
+            return False
+        os.dup2(os.open(os.devnull, os.O_WRONLY), fd)
+    except (OSError, ValueError, AttributeError):  # no file descriptor (a test runner's captured stdout), no poll
+        return False
+    return True
+
+
+def _file_not_stdout(param: typer.CallbackParam, value: Optional[Path]) -> Optional[Path]:
+    """``-`` is standard output to many tools; here it would be a file or folder named "-"."""
+    if value is not None and str(value) == "-":
+        raise WhitenError(f"{param.opts[-1]} -: not standard output here: every output is a file or folder, written "
+                          f"whole and then renamed; give it a name")
+    return value
 
 
 def _settings(config: str | None, **flags) -> dict:
@@ -270,7 +298,7 @@ def _pipeline_encoder(pipe, graph: Path | None, model: str | None, options: dict
 @app.command()
 def fit(
     corpus: Annotated[Path, typer.Argument(help="Texts to fit on: .txt (one a line), .jsonl, .csv or .tsv (empty texts are skipped), a folder or glob of shards, or a dataset name such as stsb-train (its distinct sentences).")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Pipeline folder to write.")],
+    output: Annotated[Path, typer.Option("--output", "-o", callback=_file_not_stdout, help="Pipeline folder to write.")],
     model: ModelOpt = None,
     pooling: PoolingOpt = None,
     k: Annotated[Optional[int], typer.Option("-k", "--dim", help="Dimensions kept after whitening [default: all].")] = None,
@@ -351,9 +379,9 @@ def fit(
 @app.command()
 def encode(
     input: Annotated[Path, typer.Argument(help="Texts to encode: .txt (one a line), .jsonl, .csv, .tsv, or a folder or quoted glob of shards (also .parquet).")],
-    output: Annotated[Path, typer.Option("--output", "-o", help=".npy file to write (float32, row i = text i); for a folder or glob of shards, or -o DIR (no suffix), a folder of .npy shards with manifest.json.")],
+    output: Annotated[Path, typer.Option("--output", "-o", callback=_file_not_stdout, help=".npy file to write (float32, row i = text i); for a folder or glob of shards, or -o DIR (no suffix), a folder of .npy shards with manifest.json.")],
     pipeline_dir: Annotated[Optional[Path], typer.Option("--pipeline", help="Pipeline folder from `whiten fit`.")] = None,
-    raw_output: Annotated[Optional[Path], typer.Option("--raw-output", help="Also write the pooled vectors before the pipeline.")] = None,
+    raw_output: Annotated[Optional[Path], typer.Option("--raw-output", callback=_file_not_stdout, help="Also write the pooled vectors before the pipeline.")] = None,
     model: ModelOpt = None,
     pooling: PoolingOpt = None,
     field: FieldOpt = None,
@@ -492,8 +520,8 @@ def eval_(
     config: ConfigOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the figures (Spearman and Pearson) as JSON instead of a table.")] = False,
     metric: Annotated[str, typer.Option("--metric", help="The table's figure: spearman or pearson (× 100).")] = "spearman",
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Also save the figures as JSON here.")] = None,
-    plot: Annotated[Optional[Path], typer.Option("--plot", help="Save a PNG of Spearman against k here.")] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", callback=_file_not_stdout, help="Also save the figures as JSON here.")] = None,
+    plot: Annotated[Optional[Path], typer.Option("--plot", callback=_file_not_stdout, help="Save a PNG of Spearman against k here.")] = None,
     threads: ThreadsOpt = None,
     no_cache: NoCacheOpt = False,
     cache_dir: CacheDirOpt = None,
@@ -632,7 +660,7 @@ def _load_vectors(path: Path, rows: int, dim: int, what: str):
 def index_(
     ctx: typer.Context,
     corpus: Annotated[Path, typer.Argument(help="Documents: .txt (one a line), .jsonl, .csv or .tsv. Ids come from --id-field or an id/_id/doc_id field; without one, documents are numbered 1, 2, ... in index order.")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Index folder to write (with --append: to extend).")],
+    output: Annotated[Path, typer.Option("--output", "-o", callback=_file_not_stdout, help="Index folder to write (with --append: to extend).")],
     pipeline_dir: Annotated[Optional[Path], typer.Option("--pipeline", help="Pipeline folder from `whiten fit` (needed for a new index; with --append it must be the index's own).")] = None,
     append: Annotated[bool, typer.Option("--append", help="Add the corpus to the index at -o; what is there is not re-encoded. Atomic: an error or Ctrl-C leaves the index as it was.")] = False,
     kind: KindOpt = None,
@@ -842,7 +870,7 @@ def search(
 @app.command()
 def tune(
     dev: Annotated[list[str], typer.Argument(help="Scored DEV pairs to choose on: dataset names (stsb-dev, sick-trial, ...) or pair files, as `eval` reads them.")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Pipeline folder to write (the chosen candidate).")],
+    output: Annotated[Path, typer.Option("--output", "-o", callback=_file_not_stdout, help="Pipeline folder to write (the chosen candidate).")],
     fit_on: Annotated[Optional[list[str]], typer.Option("--fit-on", help="Corpora to fit on, repeated or comma-separated: 'target' (the DEV sentences), a dataset name or pairs file (its distinct sentences), or a text file [default: target].")] = None,
     max_dim: Annotated[Optional[int], typer.Option("--max-dim", help="Dimension budget: candidates keep at most this many [default: the vectors' dimension].")] = None,
     pooling: Annotated[Optional[list[str]], typer.Option("--pooling", "-p", help="Pooling(s) to try, repeated or comma-separated [default: the model's own].")] = None,
@@ -856,7 +884,7 @@ def tune(
     dtype: DtypeOpt = None,
     verbose: VerboseOpt = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the record and every candidate's DEV score as JSON.")] = False,
-    plot: Annotated[Optional[Path], typer.Option("--plot", help="Save a PNG of DEV Spearman against k (a line per corpus and γ).")] = None,
+    plot: Annotated[Optional[Path], typer.Option("--plot", callback=_file_not_stdout, help="Save a PNG of DEV Spearman against k (a line per corpus and γ).")] = None,
     threads: ThreadsOpt = None,
     no_cache: NoCacheOpt = False,
     cache_dir: CacheDirOpt = None,
@@ -1023,7 +1051,7 @@ def compare(
 @app.command("export")
 def export_(
     pipeline_dir: Annotated[Path, typer.Argument(help="Pipeline folder from `whiten fit`.")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Folder to write (written whole, then swapped in).")],
+    output: Annotated[Path, typer.Option("--output", "-o", callback=_file_not_stdout, help="Folder to write (written whole, then swapped in).")],
     format: Annotated[str, typer.Option("--format", "-f", help="sentence-transformers (a folder SentenceTransformer(folder) loads), onnx (one graph from token ids to the vector) or faiss (a VectorTransform for raw vectors).")] = "sentence-transformers",
     force: Annotated[bool, typer.Option("--force", help="Replace an existing export at -o.")] = False,
     link_model: Annotated[bool, typer.Option("--link-model/--copy-model", help="sentence-transformers: symlink the model's weight files instead of copying them.")] = False,
