@@ -119,6 +119,12 @@ def test_spearman_matches_scipy_with_ties():
     check()
 
 
+def test_pearson_of_near_constant_values_is_exact():
+    """Two points correlate ±1; centring around a rounded mean made [1, 1 − 2⁻⁵³] look like 0.71."""
+    assert pearson([0.0, 1.0], [1.0, 1.0 - 2**-53]) == -1.0
+    assert pearson([1e9, 1e9 + 1, 1e9 + 2], [5.0, 5.0 + 2**-50, 5.0 + 2**-49]) == pytest.approx(1.0, abs=1e-12)
+
+
 def test_vectors_with_nan_are_refused_not_scored_as_orthogonal():
     u = np.array([[1.0, 0.0], [np.nan, 1.0], [1.0, 1.0]])
     v = np.array([[1.0, 0.0], [1.0, 1.0], [1.0, np.inf]])

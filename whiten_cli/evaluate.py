@@ -51,8 +51,12 @@ def pearson(a: ArrayLike, b: ArrayLike) -> float:
     x, y = _paired(a, b)
     if np.ptp(x) == 0 or np.ptp(y) == 0:
         raise WhitenError("cannot correlate a constant sequence")
-    x = x - x.mean()
-    y = y - y.mean()
+    # Shifted by a value of their own first (exact for values within 2× of it), so that the mean of
+    # near-constant values ([1, 1 − 2⁻⁵³]) is exact and so is what centring leaves of their spread.
+    x = x - x[0]
+    y = y - y[0]
+    x -= x.mean()
+    y -= y.mean()
     # scaled to at most 1 first, so that the sums of squares of tiny (or huge) values stay in range
     x /= np.abs(x).max()
     y /= np.abs(y).max()
