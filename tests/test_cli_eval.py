@@ -106,6 +106,14 @@ def test_bad_options_give_one_line_errors(tiny_model, pairs_file, args, message)
     assert "Traceback" not in output and output.count("\n") == 1
 
 
+def test_fit_on_identical_texts_names_the_corpus(tiny_model, pairs_file, tmp_path):
+    """Two copies of one text gave 'the vectors do not vary' without naming the file."""
+    corpus = write(tmp_path / "twice.txt", "one text\none text\n")
+    result, output = run(pairs_file, "--model", tiny_model, "--pooling", "cls", "--fit-on", corpus)
+    assert result.exit_code == 2 and output.count("\n") == 1
+    assert f"{corpus}: 1 distinct text; whitening is fitted on at least 2" in output
+
+
 def test_pipeline_with_sweep_options_is_refused(tiny_model, pairs_file, tmp_path):
     corpus = write(tmp_path / "corpus.txt", "\n".join(sample_sentences(60)) + "\n")
     runner.invoke(app, ["fit", str(corpus), "-o", str(tmp_path / "pipe"), "--model", str(tiny_model), "--pooling", "cls"])

@@ -231,7 +231,7 @@ def test_plot_and_table(tiny_model, dev_file, tmp_path):
 
 
 @pytest.mark.parametrize("case", ["two-pairs", "constant", "max-dim-0", "max-dim-high", "one-sentence", "empty",
-                                  "plot-under-a-file"])
+                                  "plot-under-a-file", "one-sentence-twice"])
 def test_bad_input_is_one_line_and_writes_nothing(tiny_model, dev_file, sentences, tmp_path, case):
     dev, extra, fragments = dev_file, [], []
     if case == "two-pairs":
@@ -246,6 +246,9 @@ def test_bad_input_is_one_line_and_writes_nothing(tiny_model, dev_file, sentence
         extra, fragments = ["--max-dim", "33"], ["--max-dim", "got 33"]
     elif case == "one-sentence":
         corpus = write(tmp_path / "one.txt", "a single sentence\n\n")
+        extra, fragments = ["--fit-on", corpus], [str(corpus), "1 distinct text; a fit corpus needs at least 2"]
+    elif case == "one-sentence-twice":  # identical texts: identical vectors, no covariance (was not named)
+        corpus = write(tmp_path / "twice.txt", "a single sentence\na single sentence\n")
         extra, fragments = ["--fit-on", corpus], [str(corpus), "1 distinct text; a fit corpus needs at least 2"]
     elif case == "plot-under-a-file":  # found before the tune runs, not after the pipeline is written
         pytest.importorskip("matplotlib")

@@ -111,8 +111,9 @@ def corpus_texts(spec: str, field: str | None = None) -> Corpus:
     from whiten_cli.sts import corpus_sentences
 
     texts = corpus_sentences(spec, field)
-    if len(texts) < 2:
-        raise WhitenError(f"{spec}: {len(texts)} distinct text{'s' * (len(texts) != 1)}; a fit corpus needs at "
+    distinct = len(set(texts))
+    if distinct < 2:  # identical texts give identical vectors: no covariance to fit
+        raise WhitenError(f"{spec}: {distinct} distinct text{'s' * (distinct != 1)}; a fit corpus needs at "
                           "least 2 (a mean and a covariance)")
     return Corpus(spec, texts)
 
