@@ -84,8 +84,8 @@ def export_onnx(pipeline, out_dir: Path, *, quantize: str | None = None, model: 
                     normalize=pipeline.normalize, sentence_embedding=SENTENCE_EMBEDDING)
     _save_tokenizer(encoder, out_dir)
     _write_metadata(out_dir, metadata)
-    report = {"format": "onnx", "path": str(out_dir), "opset": OPSET, "input_dim": pipeline.input_dim, "output_dim": pipeline.output_dim,
-              "inputs": metadata["inputs"], "size_bytes": (out_dir / GRAPH_FILE).stat().st_size}
+    report = {"format": "onnx", "path": str(out_dir), "opset": OPSET, "input_dim": pipeline.input_dim,
+              "output_dim": pipeline.output_dim, "inputs": metadata["inputs"], "size_bytes": (out_dir / GRAPH_FILE).stat().st_size}
     if quantize == "int8":
         quantize_int8(out_dir / GRAPH_FILE, out_dir / INT8_FILE)
         report["int8"] = compare_graphs(out_dir, list(quality_texts or _PROBE_TEXTS))
