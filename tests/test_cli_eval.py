@@ -111,7 +111,7 @@ def test_fit_on_identical_texts_names_the_corpus(tiny_model, pairs_file, tmp_pat
     corpus = write(tmp_path / "twice.txt", "one text\none text\n")
     result, output = run(pairs_file, "--model", tiny_model, "--pooling", "cls", "--fit-on", corpus)
     assert result.exit_code == 2 and output.count("\n") == 1
-    assert f"{corpus}: 1 distinct text; whitening is fitted on at least 2" in output
+    assert f"{corpus}: 1 text (repeats counted once); whitening is fitted on at least 2" in output
 
 
 def test_pipeline_with_sweep_options_is_refused(tiny_model, pairs_file, tmp_path):

@@ -578,8 +578,8 @@ def eval_(
             fit_source = corpus_sentences(fit_on, field)
             distinct = len(set(fit_source))
             if distinct < 2:  # identical texts give identical vectors: no covariance to whiten with
-                raise InputError(fit_on, f"{distinct} distinct text{'s' * (distinct != 1)}; whitening is fitted on "
-                                         "at least 2 (a mean and a covariance)")
+                raise InputError(fit_on, f"{distinct} text{'s' * (distinct != 1)} (repeats counted once); whitening "
+                                         "is fitted on at least 2 (a mean and a covariance)")
     total = sum(2 * d.pairs for d in loaded) + (0 if isinstance(fit_source, str) else len(fit_source))
     with _ProgressBar("encoding", quiet) as bar:
         rows = run_evaluation(loaded, encoder, poolings, variants, fit_on=fit_source, pipeline=pipe, progress=bar)

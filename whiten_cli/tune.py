@@ -111,9 +111,8 @@ def corpus_texts(spec: str, field: str | None = None) -> Corpus:
     from whiten_cli.sts import corpus_sentences
 
     texts = corpus_sentences(spec, field)
-    distinct = len(set(texts))
-    if distinct < 2:  # identical texts give identical vectors: no covariance to fit
-        raise WhitenError(f"{spec}: {distinct} distinct text{'s' * (distinct != 1)}; a fit corpus needs at "
+    if len(texts) < 2:
+        raise WhitenError(f"{spec}: {len(texts)} distinct text{'s' * (len(texts) != 1)}; a fit corpus needs at "
                           "least 2 (a mean and a covariance)")
     return Corpus(spec, texts)
 
@@ -176,13 +175,13 @@ class _Fit:
         return self.eigenvectors[:, columns] * np.maximum(values[columns], self.floor) ** (-candidate.gamma / 2)
 
 
-def _fit(vectors: np.ndarray) -> _Fit:
+def _fit(vectors: np.ndarray, name: str) -> _Fit:
     from whiten_cli.stats import GaussianStats
     from whiten_cli.whitening import Eigenbasis
 
     basis = Eigenbasis.fit(GaussianStats.of(vectors))
-    if not basis.floor > 0:
-        raise WhitenError("the fit corpus's vectors do not vary (zero covariance): there is nothing to whiten")
+    if not basis.floor > 0:  # e.g. one text repeated
+        raise WhitenError(f"{name}: the vectors do not vary (zero covariance): there is nothing to whiten")
     return _Fit(basis.mean, basis.eigenvalues, basis.eigenvectors, basis.count, basis.floor,
                 ledoit_wolf_intensity(vectors))
 
@@ -412,7 +411,7 @@ def tune(
             fitted.append((UNION, np.concatenate(list(corpus_vectors.values())), ("union",)))
         dev_gaussian = Gaussian.of(dev_vectors)
         for name, fit_vectors, families in fitted:
-            fit = fits[(pooling, name)] = _fit(fit_vectors)
+            fit = fits[(pooling, name)] = _fit(fit_vectors, name)
             rank = min(d, fit.count - 1)
             if rank < max_dim:
                 warnings.warn(f"{name}: {fit.count} texts span at most {rank} directions; {pooling} candidates "
